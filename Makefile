@@ -1,0 +1,46 @@
+# Hubbub: `make run` installs and serves; `make test` installs and runs every check.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint typecheck pytest lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python requirements/main.lock pyproject.toml
+	$(BIN)/pip install --quiet -r requirements/main.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP) requirements/dev.lock
+	$(BIN)/pip install --quiet -r requirements/dev.lock
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/hubbub serve
+
+test: $(DEV_STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+	$(BIN)/pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy src
+
+pytest: $(DEV_STAMP)
+	$(BIN)/pytest $(ARGS)
+
+# Re-pin every dependency (needs `uv`: pip install uv).
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 -o requirements/main.lock
+	uv pip compile pyproject.toml --python-version 3.11 --extra dev -o requirements/dev.lock
+
+clean:
+	rm -rf $(VENV) .hubbub .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,213 @@
+"""The ``hubbub`` command (CONTRACT.md §1)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+from hubbub import config
+
+
+class CliError(Exception):
+    """A one-line error for stderr; the command exits 1."""
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    print(f"hubbub: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _setup() -> config.Config:
+    """Validate the settings (one-line error naming the variable), then start Django."""
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        _fail(str(exc))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "hubbub.settings"
+    import django
+
+    django.setup()
+    return cfg
+
+
+@contextlib.contextmanager
+def _migration_lock(cfg: config.Config) -> Iterator[None]:
+    """Serialise migrations when several instances start at once on an empty database."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(7311240017)")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(7311240017)")
+    else:
+        import fcntl
+
+        with open(cfg.data_dir / "migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def migrate(cfg: config.Config) -> None:
+    from django.core.management import call_command
+    from django.db import OperationalError, connection
+
+    try:
+        with _migration_lock(cfg):
+            call_command("migrate", interactive=False, verbosity=0)
+    except OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot reach the database: {first}") from None
+    finally:
+        connection.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _setup()
+    migrate(cfg)
+    import logging
+
+    import uvicorn
+
+    mode = "embedded (in-memory channel layer)" if cfg.redis_url is None else "Redis channel layer"
+    logging.getLogger("hubbub").info("serving on http://%s:%d: %s", args.host, args.port, mode)
+    uvicorn.run(
+        "hubbub.asgi:application",
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets",
+        ws_max_size=64 * 1024,  # a bigger frame closes the socket with 1009
+        ws_per_message_deflate=False,  # compression costs CPU per socket per message
+        # A client that vanished (no FIN: a dead laptop, a dropped NAT entry) is detected by a
+        # ping that gets no pong: within ping interval + timeout.
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        log_level="info",
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def _read_password_stdin() -> str:
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    _setup()
+    migrate_if_needed()
+    from hubbub.accounts import services
+    from hubbub.errors import HubbubError
+
+    password = _read_password_stdin() if args.password_stdin else secrets.token_urlsafe(12)
+    try:
+        user = services.user_create(username=args.name, password=password)
+    except HubbubError as exc:
+        raise CliError(exc.detail) from None
+    if args.password_stdin:
+        print(f"created user {user.get_username()}")
+    else:
+        print(f"created user {user.get_username()} with password {password}")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    _setup()
+    migrate_if_needed()
+    from hubbub.accounts import services
+    from hubbub.errors import HubbubError
+
+    try:
+        user = services.user_get(username=args.name)
+        print(services.token_create(user=user))
+    except HubbubError as exc:
+        raise CliError(exc.detail) from None
+    return 0
+
+
+def migrate_if_needed() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        migrate(config.load())
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    _setup()
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["hubbub manage", *args.args])
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr (the contract's form), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hubbub", description="A real-time messaging hub.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="apply migrations, then serve HTTP and WebSocket")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    create = user.add_parser("create", help="create a user")
+    create.add_argument("name")
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
+    create.set_defaults(func=cmd_user_create)
+
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    tcreate = token.add_parser("create", help="print a new API token for a user")
+    tcreate.add_argument("name")
+    tcreate.set_defaults(func=cmd_token_create)
+
+    manage = sub.add_parser("manage", help="Django's management commands", add_help=False)
+    manage.add_argument("args", nargs=argparse.REMAINDER)
+    manage.set_defaults(func=cmd_manage)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and not 0 < args.port < 65536:
+        _fail(f"--port: expected 1-65535, got {args.port}")
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        _fail(str(exc), status=1)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Real processes for the live suites: private redis-server, own PostgreSQL database, `hubbub serve`.
+
+Everything started here is stopped by the fixture that started it. Nothing here touches a Redis
+database or a PostgreSQL database that the run did not create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from tests import outer_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port that a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        assert self.binary is not None
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.binary is not None
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until(self.ping, 10, what=f"redis-server on {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def redis_for_tests(workdir: Path) -> Iterator[tuple[str, RedisServer | None]]:
+    """A Redis URL: a private server when redis-server is installed (preferred: tests may stop
+    it), else ``REDIS_URL`` from the environment, else the test is skipped, saying why."""
+    if shutil.which("redis-server"):
+        server = RedisServer(workdir)
+        server.start()
+        try:
+            yield server.url, server
+        finally:
+            server.stop()
+    elif outer_env.REDIS_URL:
+        yield outer_env.REDIS_URL, None
+    else:
+        pytest.skip("no redis-server installed and no REDIS_URL set: the Redis tests cannot run")
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_admin_url() -> str:
+    return outer_env.DATABASE_URL if outer_env.DATABASE_URL and outer_env.DATABASE_URL.startswith(
+        ("postgres://", "postgresql://")) else DEFAULT_PG_ADMIN
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this run, dropped afterwards. Skips (with the reason)
+    when no server answers."""
+    import psycopg
+
+    admin = _pg_admin_url()
+    try:
+        conn = psycopg.connect(admin, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+        pytest.skip(f"no PostgreSQL server answers at {_redact(admin)} ({first}): "
+                    "the PostgreSQL tests cannot run")
+    name = f"hubbub_test_{uuid.uuid4().hex[:12]}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(admin)
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(parts.password, "***")
+    return url
+
+
+# -- hubbub serve ---------------------------------------------------------------------------------
+
+
+class HubbubServer:
+    """One ``hubbub serve`` process on a free port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, name: str = "hubbub") -> None:
+        self.data_dir = data_dir
+        self.extra_env = env or {}
+        self.name = name
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"{name}-{self.port}.log"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("HUBBUB_") and k not in ("DATABASE_URL", "REDIS_URL")}
+        env["HUBBUB_DATA_DIR"] = str(self.data_dir)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait: bool = True) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubbub.cli", "serve", "--port", str(self.port)],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return httpx.get(self.http + "/livez", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout, interval=0.1, what=f"{self.name} on port {self.port}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # HTTP helpers --------------------------------------------------------------------------
+
+    def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        return httpx.get(self.http + path, headers=_auth(token), timeout=10, **kw)
+
+    def post(self, path: str, body: Any = None, token: str | None = None, **kw: Any) -> httpx.Response:
+        return httpx.post(self.http + path, json=body, headers=_auth(token), timeout=10, **kw)
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hubbub.cli", *args], env=self.env(), input=stdin,
+            capture_output=True, text=True, timeout=60, cwd=self.data_dir,
+        )
+
+    def make_user(self, name: str, password: str = "correct-horse-1") -> str:
+        """Create a user with the CLI and return a bearer token for it."""
+        made = self.cli("user", "create", name, "--password-stdin", stdin=password + "\n")
+        assert made.returncode == 0, made.stderr
+        token = self.cli("token", "create", name)
+        assert token.returncode == 0, token.stderr
+        return token.stdout.strip()
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def new_data_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="hubbub-live-"))
+
+
+def json_lines(frames: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(f) for f in frames]

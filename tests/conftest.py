@@ -17,3 +17,7 @@ for _name in list(os.environ):
         del os.environ[_name]
 os.environ["HUBBUB_DATA_DIR"] = tempfile.mkdtemp(prefix="hubbub-test-")
 os.environ["DJANGO_SETTINGS_MODULE"] = "hubbub.settings"
+
+import django  # noqa: E402
+
+django.setup()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import dj_database_url
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from hubbub import config as _config
 
@@ -91,8 +93,12 @@ if CONFIG.redis_url:
                         # Redis must fail a publish fast (the message is already stored) instead
                         # of blocking the event loop's publishers.
                         "socket_connect_timeout": 2,
-                        "socket_timeout": 5,
+                        "socket_timeout": 2,
                         "health_check_interval": 15,
+                        # channels_redis hands redis-py a pool, which disables redis-py's own
+                        # retries: without this the first publish after a Redis restart fails on
+                        # the stale pooled connection (measured: 1 lost publish per restart).
+                        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                     }
                 ],
                 "prefix": "hubbub",
@@ -129,7 +135,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"one_line": {"()": "hubbub.logfilters.OneLineRedisErrors"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line"]}
+    },
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
         "django.request": {"level": "ERROR"},

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "hubbub.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -143,5 +144,7 @@ LOGGING = {
     "loggers": {
         "django.request": {"level": "ERROR"},
         "channels_redis": {"level": "WARNING"},
+        # A request for a host not in HUBBUB_ALLOWED_HOSTS gets a JSON 400; no traceback per probe.
+        "django.security.DisallowedHost": {"level": "CRITICAL", "propagate": False},
     },
 }

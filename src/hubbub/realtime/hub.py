@@ -59,6 +59,7 @@ class Hub:
         self.seen: dict[str, int] = {}  # room -> highest message id this hub has dispatched
         self.db_seen: dict[str, int] = {}  # room -> last id the watcher read from the database
         self.unsubscribed: set[str] = set()  # rooms whose SUBSCRIBE failed; retried by the watcher
+        self.subscribing: dict[str, asyncio.Future[None]] = {}
         self.presence_sent: dict[str, list[str]] = {}
         self.presence_dirty: set[str] = set()
         self._presence_wakeup = asyncio.Event()
@@ -114,9 +115,15 @@ class Hub:
         members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
-            await self._subscribe(room)
+            self.subscribing[room] = asyncio.ensure_future(self._subscribe(room))
         members.add(sub)
         metrics.WS_CONNECTIONS.inc()
+        pending = self.subscribing.get(room)
+        if pending is not None:
+            # Every joiner waits for the room's SUBSCRIBE, not only the first: a socket must not
+            # read the room's last id before the news of later messages can reach this process.
+            await asyncio.shield(pending)
+            self.subscribing.pop(room, None)
 
     async def leave(self, room: str, sub: Subscriber) -> None:
         members = self.rooms.get(room)
@@ -129,6 +136,7 @@ class Hub:
             for state in (self.seen, self.db_seen, self.presence_sent):
                 state.pop(room, None)
             self.unsubscribed.discard(room)
+            self.subscribing.pop(room, None)
             if self.layer is not None and self.channel is not None:
                 from hubbub.realtime.events import group_name
 

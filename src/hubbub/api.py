@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI, Query, Schema
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.utils import check_csrf
 from pydantic import Field
@@ -139,9 +139,9 @@ class MessagesOut(Schema):
 
 
 class PageQuery(Schema):
-    after: int | None = Field(default=None, ge=0)
-    before: int | None = Field(default=None, ge=1)
-    limit: int = Field(default=50, ge=1)
+    after: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    limit: int = Field(default=50, ge=1)  # capped at 200, not refused
 
 
 ERRORS: dict[int, type[Schema]] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
@@ -186,10 +186,10 @@ def caller(request: HttpRequest, *, need_user: bool = False) -> Actor:
 
 
 @api.post("/auth/signup", response={201: UserOut, **ERRORS, 409: ErrorOut}, tags=["auth"])
-def signup(request: HttpRequest, body: Credentials) -> tuple[int, dict[str, str]]:
+def signup(request: HttpRequest, body: Credentials) -> Status[dict[str, str]]:
     user = account_services.user_create(username=body.username, password=body.password)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-    return 201, {"username": user.get_username()}
+    return Status(201, {"username": user.get_username()})
 
 
 @api.post("/auth/login", response={200: UserOut, **ERRORS}, tags=["auth"])
@@ -238,18 +238,18 @@ def rooms_list(request: HttpRequest) -> dict[str, Any]:
 
 
 @api.post("/rooms", response={201: RoomOut, **ERRORS, 409: ErrorOut}, tags=["rooms"])
-def rooms_create(request: HttpRequest, body: RoomIn) -> tuple[int, dict[str, Any]]:
+def rooms_create(request: HttpRequest, body: RoomIn) -> Status[dict[str, Any]]:
     actor = caller(request, need_user=True)
     room = services.room_create(actor=actor, name=body.name, private=body.private)
     room = selectors.room_get(name=room.name)
-    return 201, _room_out(room)
+    return Status(201, _room_out(room))
 
 
 @api.post("/rooms/{room}/members", response={200: MemberOut, 201: MemberOut, **ERRORS}, tags=["rooms"])
-def members_add(request: HttpRequest, room: str, body: MemberIn) -> tuple[int, dict[str, str]]:
+def members_add(request: HttpRequest, room: str, body: MemberIn) -> Status[dict[str, str]]:
     actor = caller(request, need_user=True)
     created = services.member_add(actor=actor, room_name=room, username=body.username)
-    return (201 if created else 200), {"room": room, "username": body.username}
+    return Status(201 if created else 200, {"room": room, "username": body.username})
 
 
 @api.delete("/rooms/{room}/members/{username}", response={200: OkOut, **ERRORS}, tags=["rooms"])

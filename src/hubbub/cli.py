@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",  # measured fastest and leanest (see docs/decisions.md)
         ws_max_size=64 * 1024,  # a bigger frame closes the socket with 1009
         ws_per_message_deflate=False,  # compression costs CPU per socket per message
         # A client that vanished (no FIN: a dead laptop, a dropped NAT entry) is detected by a

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 class ConfigError(ValueError):
@@ -66,12 +66,22 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int)
     return value
 
 
+def _split_url(name: str, url: str) -> SplitResult:
+    # urlsplit silently drops tabs and newlines, and raises a bare ValueError on bad brackets.
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ConfigError(f"{name}: the URL contains white space or a control character")
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: malformed URL {url!r} ({exc})") from None
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     raw = env.get("DATABASE_URL")
     if raw is None or raw.strip() == "":
         return None
     url = raw.strip()
-    parts = urlsplit(url)
+    parts = _split_url("DATABASE_URL", url)
     if parts.scheme in ("postgres", "postgresql"):
         try:
             parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -96,7 +106,7 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     if raw is None or raw.strip() == "":
         return None
     url = raw.strip()
-    parts = urlsplit(url)
+    parts = _split_url("REDIS_URL", url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"REDIS_URL: expected redis://host:port/db, got {url!r}")
     if parts.scheme != "unix":
@@ -131,18 +141,29 @@ def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
         return raw.strip()
     path = data_dir / "secret_key"
     try:
-        return path.read_text().strip()
+        kept = path.read_text().strip()
     except FileNotFoundError:
-        pass
+        kept = ""
+    if len(kept) >= 16:
+        return kept
+    # Write the whole key to a private temporary file, then link it into place: a reader never
+    # sees a half-written key, and when several instances start at once on one data dir the first
+    # link wins and the others read its key instead of each keeping a different one.
     key = secrets.token_urlsafe(48)
-    # O_EXCL: when several instances start at once on one data dir, the first one wins and
-    # the others read its key instead of each keeping a different one.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+    tmp = data_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
+    try:
+        if kept == "" and path.exists():
+            path.unlink()  # an empty or truncated key left by a crash
+        os.link(tmp, path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    if len(key) < 16:
+        raise ConfigError(f"HUBBUB_DATA_DIR: {str(path)!r} holds no usable secret key; delete it")
     return key
 
 

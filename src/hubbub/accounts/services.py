@@ -15,7 +15,7 @@ from django.utils import timezone
 from hubbub.accounts.models import ApiToken
 from hubbub.errors import Conflict, Invalid, NotFound, Unauthorized
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TOKEN_PREFIX = "hb_"
 
 
@@ -24,7 +24,7 @@ def _digest(raw: str) -> str:
 
 
 def user_create(*, username: str, password: str) -> User:
-    if not USERNAME_RE.match(username):
+    if not USERNAME_RE.fullmatch(username):
         raise Invalid("username: 1-64 characters of letters, digits, '.', '_' or '-'")
     if username.lower().startswith("guest-"):
         raise Invalid("username: names starting with 'guest-' are kept for guests")

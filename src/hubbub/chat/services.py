@@ -115,7 +115,8 @@ def message_post(
     _check_name(room_name)
     error = protocol.validate_message(body, settings.HUBBUB_MAX_MESSAGE_CHARS)
     if error is not None:
-        raise (EmptyMessage if error.code == "empty_message" else TooLong)(error.detail)
+        kind = {"empty_message": EmptyMessage, "too_long": TooLong}.get(error.code, Invalid)
+        raise kind(error.detail)
     error = protocol.validate_client_id(client_id)
     if error is not None:
         raise Invalid(error.detail)

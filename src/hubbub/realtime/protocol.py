@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROOM_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_ID = 2**63 - 1  # ids are 64-bit in the database
 SUBPROTOCOL = "hubbub.v1"
 MAX_CLIENT_ID = 64
 HISTORY_DEFAULT_LIMIT = 50
@@ -74,13 +75,16 @@ _ALLOWED_FIELDS: dict[str, frozenset[str]] = {
 
 
 def valid_room_name(name: str) -> bool:
-    return ROOM_NAME_RE.match(name) is not None
+    return ROOM_NAME_RE.fullmatch(name) is not None
 
 
 def validate_message(text: str, max_chars: int) -> ProtocolError | None:
     """The checks every post gets, over a socket or over HTTP."""
     if text.strip() == "":
         return ProtocolError("empty_message", "the message is empty")
+    if "\x00" in text:
+        # PostgreSQL text cannot hold NUL; refuse it the same way on every database.
+        return ProtocolError("bad_frame", "the message contains a NUL character")
     if len(text) > max_chars:
         return ProtocolError(
             "too_long", f"the message has {len(text)} characters; the limit is {max_chars}"
@@ -93,8 +97,10 @@ def validate_client_id(value: object) -> ProtocolError | None:
         return None
     if not isinstance(value, str):
         return ProtocolError("bad_frame", "client_id must be a string")
-    if len(value) > MAX_CLIENT_ID or value == "":
-        return ProtocolError("bad_frame", f"client_id must be 1 to {MAX_CLIENT_ID} characters")
+    if len(value) > MAX_CLIENT_ID:
+        return ProtocolError("bad_frame", f"client_id must be at most {MAX_CLIENT_ID} characters")
+    if "\x00" in value:
+        return ProtocolError("bad_frame", "client_id contains a NUL character")
     return None
 
 
@@ -146,7 +152,7 @@ def parse_frame(
         return PingFrame()
     # history
     before = obj.get("before")
-    if before is not None and (not _is_int(before) or before < 1):
+    if before is not None and (not _is_int(before) or not 1 <= before <= MAX_ID):
         return ProtocolError("bad_frame", "'before' must be a positive integer")
     limit = obj.get("limit", HISTORY_DEFAULT_LIMIT)
     if not _is_int(limit) or limit < 1:
@@ -165,7 +171,7 @@ def parse_after(query_string: bytes) -> int | ProtocolError | None:
     if not values:
         return None
     raw = values[-1]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         return ProtocolError("bad_frame", "'after' must be a non-negative integer")
     return int(raw)
 
@@ -189,8 +195,8 @@ class TokenBucket:
         elapsed = max(0.0, now - self.stamp)
         self.stamp = now
         self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - 1e-9:  # float rounding must not refuse an on-time frame
+            self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.rate
 

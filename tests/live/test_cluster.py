@@ -39,3 +39,31 @@ async def test_concurrent_posts_on_both_instances_get_gapless_ids_in_order_every
         assert await reader.wait_ids(total) == list(range(1, total + 1))
     for sock in readers + writers:
         await sock.close()
+
+
+async def test_a_message_posted_over_http_is_stored_and_delivered_live_on_every_instance(
+    cluster: Cluster,
+) -> None:
+    token = cluster.a.make_user("poster")
+    socks = [await Socket.open(s.ws, "http-room") for s in cluster.servers]
+    answer = cluster.b.post("/api/rooms/http-room/messages", {"message": "over http", "client_id": "h1"},
+                            token=token)
+    assert answer.status_code == 201, answer.text
+    event = answer.json()
+    assert event["id"] == 1 and event["user"] == "poster"
+    for sock in socks:
+        assert await sock.wait_for(lambda e: e.get("type") == "message") == event
+    again = cluster.a.post("/api/rooms/http-room/messages", {"message": "over http", "client_id": "h1"},
+                           token=token)
+    assert again.status_code == 200 and again.json() == event
+    history = cluster.a.get("/api/rooms/http-room/messages?after=0").json()["messages"]
+    assert history == [event]
+    for sock in socks:
+        await sock.close()
+
+
+async def test_both_instances_are_ready_with_redis_and_postgres(cluster: Cluster) -> None:
+    for server in cluster.servers:
+        ready = server.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "channel_layer": "ok"}

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
@@ -82,6 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     mode = "embedded (in-memory channel layer)" if cfg.redis_url is None else "Redis channel layer"
     logging.getLogger("hubbub").info("serving on http://%s:%d: %s", args.host, args.port, mode)
+    # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and raises the
+    # signal again; with the default handler that kills the process (status -15). Make the
+    # re-raised SIGTERM a normal exit, as the contract asks: exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         "hubbub.asgi:application",
         host=args.host,

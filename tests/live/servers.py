@@ -251,6 +251,22 @@ class HubbubServer:
         return token.stdout.strip()
 
 
+async def history(base: str, room: str, token: str | None = None, page: int = 200) -> list[dict[str, Any]]:
+    """Every stored message of ``room``, read through ``GET /api/rooms/{room}/messages`` paging
+    with ``after`` (without blocking the event loop the sockets read on)."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    async with httpx.AsyncClient(base_url=base, headers=_auth(token), timeout=10) as client:
+        while True:
+            resp = await client.get(f"/api/rooms/{room}/messages", params={"after": after, "limit": page})
+            assert resp.status_code == 200, resp.text
+            batch = resp.json()["messages"]
+            out.extend(batch)
+            if len(batch) < page:
+                return out
+            after = batch[-1]["id"]
+
+
 def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 

@@ -25,7 +25,8 @@ class Socket:
     @classmethod
     async def open(cls, base: str, room: str, *, rich: bool = False, token: str | None = None,
                    origin: str | None = None, after: int | None = None,
-                   headers: dict[str, str] | None = None) -> Socket:
+                   headers: dict[str, str] | None = None,
+                   ping_interval: float | None = 20.0) -> Socket:
         url = f"{base}/ws/chat/{room}/" + (f"?after={after}" if after is not None else "")
         extra = dict(headers or {})
         if token:
@@ -33,6 +34,7 @@ class Socket:
         conn = await websockets.connect(
             url, subprotocols=["hubbub.v1"] if rich else None,  # type: ignore[list-item]
             additional_headers=extra, origin=origin, max_size=None, open_timeout=10,  # type: ignore[arg-type]
+            ping_interval=ping_interval,
         )
         return cls(conn)
 
@@ -44,17 +46,19 @@ class Socket:
         except websockets.ConnectionClosed:
             pass
         finally:
-            rcvd = self.conn.close_rcvd
+            rcvd = self.conn.protocol.close_rcvd
             self.closed_code = rcvd.code if rcvd is not None else 1006
             self._changed.set()
 
     async def send(self, obj: Any) -> None:
         await self.conn.send(obj if isinstance(obj, str | bytes) else json.dumps(obj))
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "frame") -> Any:
+    async def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "frame",
+                       since: int = 0) -> Any:
+        """The first received frame (from index ``since`` on) that satisfies ``predicate``."""
         deadline = time.monotonic() + timeout
         while True:
-            for item in self.received:
+            for item in self.received[since:]:
                 if predicate(item):
                     return item
             remaining = deadline - time.monotonic()
@@ -70,6 +74,41 @@ class Socket:
             await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         assert self.closed_code is not None, "socket still open"
         return self.closed_code
+
+    async def wait_until(self, condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+        """Wait until ``condition()`` holds, checking it whenever a frame arrives."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed_code is not None:
+                raise AssertionError(f"no {what} within {timeout}s; got {self.received[-5:]}, "
+                                     f"closed={self.closed_code}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def latest(self, kind: str) -> dict[str, Any] | None:
+        """The last received frame of ``type`` ``kind``, or None."""
+        for item in reversed(self.received):
+            if item.get("type") == kind:
+                return item
+        return None
+
+    async def wait_presence(self, users: list[str], timeout: float = 10.0) -> list[str]:
+        """Wait until the latest presence event lists exactly ``users`` (in any order)."""
+        want = sorted(users)
+        deadline = time.monotonic() + timeout
+        while True:
+            latest = self.latest("presence")
+            if latest is not None and sorted(latest["users"]) == want:
+                return list(latest["users"])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed_code is not None:
+                raise AssertionError(f"presence never became {want} within {timeout}s; latest "
+                                     f"{latest}, closed={self.closed_code}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     def messages(self) -> list[dict[str, Any]]:
         return [e for e in self.received if e.get("type") == "message"]
@@ -88,6 +127,16 @@ class Socket:
         return dict(await self.wait_for(
             lambda e: e.get("type") == "message" and e.get("client_id") == client_id, timeout,
             what=f"ack of {client_id}"))
+
+    async def post_or_error(self, text: str, client_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Post and return what answers it: the acknowledgement or an ``error`` event. Only for
+        a socket with one post in flight at a time (errors carry no client_id)."""
+        start = len(self.received)
+        await self.send({"message": text, "client_id": client_id})
+        return dict(await self.wait_for(
+            lambda e: e.get("type") == "error"
+            or (e.get("type") == "message" and e.get("client_id") == client_id),
+            timeout, what=f"answer to {client_id}", since=start))
 
     async def close(self) -> None:
         await self.conn.close()

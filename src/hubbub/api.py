@@ -87,6 +87,11 @@ class UserOut(Schema):
     username: str
 
 
+class MeOut(Schema):
+    username: str
+    guest: bool
+
+
 class TokenOut(Schema):
     token: str
 
@@ -217,10 +222,11 @@ def token_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
     return {"token": account_services.token_create(user=user)}
 
 
-@api.get("/auth/me", response={200: UserOut, **ERRORS}, tags=["auth"])
-def me(request: HttpRequest) -> dict[str, str]:
+@api.get("/auth/me", response={200: MeOut, **ERRORS}, tags=["auth"])
+def me(request: HttpRequest) -> dict[str, Any]:
     """The caller's display name (a guest's generated one for guests)."""
-    return {"username": caller(request).name}
+    actor = caller(request)
+    return {"username": actor.name, "guest": actor.is_guest}
 
 
 # -- rooms -------------------------------------------------------------------------------------

@@ -23,11 +23,14 @@ INSTALLED_APPS = [
     "channels",
     "hubbub.accounts",
     "hubbub.chat",
+    "hubbub.web",
 ]
 
 MIDDLEWARE = [
     "hubbub.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the web UI's modules and CSS) straight from the package: no collectstatic step.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -121,6 +124,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+WHITENOISE_MAX_AGE = 60
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 

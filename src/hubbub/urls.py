@@ -5,15 +5,17 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from hubbub import ops, web
+from hubbub import ops
 from hubbub.api import api, json_error_view
+from hubbub.web import views as web
 
 urlpatterns = [
     path("api/", api.urls),
     path("livez", ops.livez),
     path("readyz", ops.readyz),
     path("metrics", ops.metrics_view),
-    path("", web.index),
+    path("", web.app, name="app"),
+    path("r/<str:room>/", web.app, name="room"),
 ]
 
 

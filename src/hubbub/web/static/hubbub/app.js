@@ -160,6 +160,7 @@ async function openRoom(name) {
   $("presence").replaceChildren();
   $("room-notice").hidden = true;
   $("room-title").textContent = name;
+  $("composer-input").placeholder = `Message #${name}`;
   const info = rooms.find((r) => r.name === name);
   $("room-private-badge").hidden = !info?.private;
   $("members").hidden = !(info?.private && me && info.owner === me.username);

@@ -198,6 +198,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         posted = await database_sync_to_async(services.message_post)(
             actor=self.actor, room_name=self.room, body=frame.message, client_id=frame.client_id
         )
+        # Readers stop showing us as typing when the message arrives: the next typing is news.
+        self.last_typing = 0.0
         if not posted.created:
             await self._send_text(posted.text)  # a repeat: the stored event again
             return

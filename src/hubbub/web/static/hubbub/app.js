@@ -32,8 +32,8 @@ function show(view) {
   $("auth").hidden = view !== "auth";
   $("sidebar").hidden = view !== "chat";
   $("chat").hidden = view !== "chat";
-  $("logout").hidden = !me || me.guest;
-  $("me").textContent = me ? `${me.username}${me.guest ? " (guest)" : ""}` : "";
+  $("logout").hidden = view !== "chat" || !me || me.guest;
+  $("me").textContent = view === "chat" && me ? `${me.username}${me.guest ? " (guest)" : ""}` : "";
   $("private-label").hidden = !me || me.guest;
 }
 
@@ -333,6 +333,7 @@ function send() {
     return;
   }
   const clientId = current.socket.post(text);
+  lastTypingSent = 0; // the others stop showing us as typing when this arrives; the next keystroke says so again
   appendPending(clientId, text);
   input.value = "";
   autosize();

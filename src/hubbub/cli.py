@@ -9,7 +9,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hubbub import config
 
@@ -156,6 +156,48 @@ def migrate_if_needed() -> None:
         migrate(config.load())
 
 
+def _client_config(args: argparse.Namespace) -> tuple[str, str | None]:
+    try:
+        cfg = config.load_client()
+    except config.ConfigError as exc:
+        _fail(str(exc))
+    return (args.url or cfg.url), (args.token or cfg.token)
+
+
+def _run_client(coro: Any) -> int:
+    import asyncio
+
+    from hubbub.client import HubbubError
+
+    try:
+        return int(asyncio.run(coro))
+    except HubbubError as exc:
+        raise CliError(f"{exc.code}: {exc.detail}") from None
+    except OSError as exc:
+        raise CliError(f"cannot reach the server: {exc.strerror or exc}") from None
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from hubbub.client import commands
+
+    url, token = _client_config(args)
+    return _run_client(commands.send(url, token, args.room, args.text))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from hubbub.client import commands
+
+    url, token = _client_config(args)
+    return _run_client(commands.tail(url, token, args.room, args.after, args.json))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from hubbub.client import commands
+
+    url, token = _client_config(args)
+    return _run_client(commands.chat(url, token, args.room))
+
+
 def cmd_manage(args: argparse.Namespace) -> int:
     _setup()
     from django.core.management import execute_from_command_line
@@ -194,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate = token.add_parser("create", help="print a new API token for a user")
     tcreate.add_argument("name")
     tcreate.set_defaults(func=cmd_token_create)
+
+    for name, func, help_text in (
+        ("chat", cmd_chat, "chat in a room from the terminal"),
+        ("send", cmd_send, "post a message (TEXT '-': each line of stdin)"),
+        ("tail", cmd_tail, "print a room's messages as they arrive"),
+    ):
+        client_cmd = sub.add_parser(name, help=help_text)
+        client_cmd.add_argument("room")
+        if name == "send":
+            client_cmd.add_argument("text", help="the message, or '-' to post each line of stdin")
+        if name == "tail":
+            client_cmd.add_argument("--after", type=int, default=None, metavar="N",
+                                    help="first print every stored message after id N")
+            client_cmd.add_argument("--json", action="store_true", help="one MessageEvent JSON per line")
+        client_cmd.add_argument("--url", help="the server (default: $HUBBUB_URL or http://127.0.0.1:8000)")
+        client_cmd.add_argument("--token", help="a bearer token (default: $HUBBUB_TOKEN; none: a guest)")
+        client_cmd.set_defaults(func=func)
 
     manage = sub.add_parser("manage", help="Django's management commands", add_help=False)
     manage.add_argument("args", nargs=argparse.REMAINDER)

@@ -197,3 +197,20 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         debug=debug,
     )
 
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the client commands (`hubbub chat/send/tail`) connect: HUBBUB_URL, HUBBUB_TOKEN."""
+
+    url: str
+    token: str | None
+
+
+def load_client(env: Mapping[str, str] | None = None) -> ClientConfig:
+    env = os.environ if env is None else env
+    url = (env.get("HUBBUB_URL") or "http://127.0.0.1:8000").strip()
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise ConfigError(f"HUBBUB_URL: expected http://host:port, got {url!r}")
+    token = (env.get("HUBBUB_TOKEN") or "").strip() or None
+    return ClientConfig(url=url, token=token)

@@ -14,14 +14,20 @@ class Actor:
     key: str  # "u:<user id>" or "g:<guest key>"; stable identity for idempotency and presence
     name: str  # display name
     user_id: int | None
+    service: bool = False  # a trusted program posting through hubbub.publish (no socket, no login)
 
     @property
     def is_guest(self) -> bool:
-        return self.user_id is None
+        return self.user_id is None and not self.service
 
 
 def actor_for_user(user: AbstractBaseUser) -> Actor:
     return Actor(key=f"u:{user.pk}", name=user.get_username(), user_id=int(user.pk))
+
+
+def actor_for_service(name: str) -> Actor:
+    """A program that shares Hubbub's database and posts directly (hubbub.publish)."""
+    return Actor(key=f"s:{name}", name=name, user_id=None, service=True)
 
 
 def actor_for_guest(session_key: str | None) -> Actor:

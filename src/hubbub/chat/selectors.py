@@ -24,7 +24,7 @@ class RoomState:
 
 
 def can_access(actor: Actor, room: Room) -> bool:
-    if not room.private:
+    if not room.private or actor.service:
         return True
     if actor.user_id is None:
         return False

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from typing import Any, Protocol
 
@@ -73,7 +74,9 @@ class Hub:
     def started(self) -> bool:
         return self.loop is not None
 
-    async def start(self) -> None:
+    async def start(self, *, serve: bool = True) -> None:
+        """Start. ``serve=False``: a publisher only (a process without sockets, see
+        :func:`publish_threadsafe`): no subscription, no watcher, no presence."""
         if self.started:
             return
         self.loop = asyncio.get_running_loop()
@@ -81,11 +84,13 @@ class Hub:
         # The in-memory layer cannot reach another process: local dispatch is all there is.
         if layer is not None and not isinstance(layer, InMemoryChannelLayer):
             self.layer = layer
-            self.channel = await layer.new_channel(prefix="hub.")
-            self._spawn(self._receive_loop())
             self._spawn(self._publish_loop())
-        self._spawn(self._watch_loop())
-        self._spawn(self._presence_loop())
+            if serve:
+                self.channel = await layer.new_channel(prefix="hub.")
+                self._spawn(self._receive_loop())
+        if serve:
+            self._spawn(self._watch_loop())
+            self._spawn(self._presence_loop())
         log.info("hub %s started (%s)", self.instance, "redis" if self.layer else "in-memory")
 
     def _spawn(self, coro: Any) -> None:
@@ -197,6 +202,12 @@ class Hub:
                 if self.redis_ok:
                     log.warning("publish failed, other instances will catch up from the DB: %r", exc)
                 self.redis_ok = False
+            finally:
+                self._outgoing.task_done()
+
+    async def flush(self) -> None:
+        """Wait until every queued event has been handed to the channel layer (or failed)."""
+        await self._outgoing.join()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -347,13 +358,54 @@ def reset_hub() -> None:
 
 
 def publish_threadsafe(event: dict[str, Any]) -> None:
-    """Publish from any thread (services run in the database thread). Never blocks on Redis."""
+    """Publish from any thread (services run in the database thread). Never blocks on Redis.
+
+    In a server process this is the serving hub. In a process without one (a script, a job, a
+    Django app using :mod:`hubbub.publish`) it is a publisher hub on one long-lived event loop in
+    a daemon thread: ``async_to_sync`` per call would make an event loop per call, which breaks
+    channels_redis' connections ("Event loop is closed", channels_redis#332).
+    """
     hub = get_hub()
-    loop = hub.loop
-    if loop is None:
-        # No server is running in this process (a management command, a script): the event has
-        # nowhere local to go; other processes' watchers deliver the stored message.
-        log.debug("no hub running; event %s not published live", event.get("kind"))
-        return
-    loop.call_soon_threadsafe(hub.publish, event)
+    if hub.loop is None:
+        hub = background_publisher()
+    assert hub.loop is not None
+    hub.loop.call_soon_threadsafe(hub.publish, event)
+
+
+_publisher: Hub | None = None
+_publisher_lock = threading.Lock()
+
+
+def background_publisher() -> Hub:
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher.loop is None:
+            hub = Hub()
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.run_until_complete(hub.start(serve=False))
+                ready.set()
+                loop.run_forever()
+
+            threading.Thread(target=run, name="hubbub-publisher", daemon=True).start()
+            if not ready.wait(10):
+                raise RuntimeError("the Hubbub publisher thread did not start")
+            _publisher = hub
+        return _publisher
+
+
+def flush_background(timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the background publisher to hand over what it has queued."""
+    hub = _publisher
+    if hub is None or hub.loop is None:
+        return True
+    future = asyncio.run_coroutine_threadsafe(hub.flush(), hub.loop)
+    try:
+        future.result(timeout)
+    except TimeoutError:
+        return False
+    return True
 

@@ -91,7 +91,8 @@ class Hub:
         if serve:
             self._spawn(self._watch_loop())
             self._spawn(self._presence_loop())
-        log.info("hub %s started (%s)", self.instance, "redis" if self.layer else "in-memory")
+        log.log(logging.INFO if serve else logging.DEBUG, "hub %s started (%s)", self.instance,
+                "redis" if self.layer else "in-memory")
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.ensure_future(coro))

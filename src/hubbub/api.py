@@ -299,6 +299,11 @@ def messages_post(request: HttpRequest, room: str, body: MessageIn) -> HttpRespo
                         content_type="application/json")
 
 
+from hubbub.conversions.api import router as conversions_router  # noqa: E402
+
+api.add_router("/conversions", conversions_router)
+
+
 def json_error_view(status: int, code: str, detail: str) -> HttpResponse:
     return HttpResponse(json.dumps({"error": code, "detail": detail}), status=status,
                         content_type="application/json")

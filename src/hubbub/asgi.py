@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -13,8 +14,10 @@ from django.core.asgi import get_asgi_application
 django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from hubbub.conversions.consumers import JobConsumer  # noqa: E402
 from hubbub.realtime.consumers import ChatConsumer, RefuseConsumer  # noqa: E402
 from hubbub.realtime.hub import get_hub  # noqa: E402
 from hubbub.realtime.middleware import socket_stack  # noqa: E402
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 # (a clear answer) instead of a routing failure.
 websocket_urlpatterns = [
     re_path(r"^ws/chat/(?P<room>[^/]*)/?$", ChatConsumer.as_asgi()),
+    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", JobConsumer.as_asgi()),
     re_path(r"", RefuseConsumer.as_asgi()),  # any other path: refused at the handshake (403)
 ]
 
@@ -46,12 +50,20 @@ async def _lifespan(receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             try:
                 await get_hub().start()
+                if not settings.HUBBUB_REDIS_URL:
+                    # The embedded default converts in-process; with Redis, `hubbub worker`s do.
+                    from hubbub.conversions.worker import start_embedded
+
+                    start_embedded()
             except Exception as exc:
                 log.exception("start-up failed")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            from hubbub.conversions.worker import stop_embedded
+
+            await asyncio.get_running_loop().run_in_executor(None, stop_embedded)
             await get_hub().stop()
             await send({"type": "lifespan.shutdown.complete"})
             return

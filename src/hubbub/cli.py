@@ -156,6 +156,25 @@ def migrate_if_needed() -> None:
         migrate(config.load())
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    cfg = _setup()
+    if cfg.redis_url is None:
+        raise CliError("REDIS_URL: `hubbub worker` needs REDIS_URL and a shared DATABASE_URL "
+                       "(without them, `hubbub serve` converts in-process)")
+    migrate_if_needed()
+    from hubbub.conversions.worker import Worker
+
+    worker = Worker()
+
+    def stop(signum: int, frame: object) -> None:
+        worker.stop()  # the current job is given back (released), then we exit 0
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run_forever()
+    return 0
+
+
 def _client_config(args: argparse.Namespace) -> tuple[str, str | None]:
     try:
         cfg = config.load_client()
@@ -236,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate = token.add_parser("create", help="print a new API token for a user")
     tcreate.add_argument("name")
     tcreate.set_defaults(func=cmd_token_create)
+
+    worker = sub.add_parser("worker", help="run a conversion worker (needs REDIS_URL)")
+    worker.set_defaults(func=cmd_worker)
 
     for name, func, help_text in (
         ("chat", cmd_chat, "chat in a room from the terminal"),

@@ -24,11 +24,13 @@ INSTALLED_APPS = [
     "channels",
     "hubbub.accounts",
     "hubbub.chat",
+    "hubbub.conversions",
     "hubbub.web",
 ]
 
 MIDDLEWARE = [
     "hubbub.middleware.JsonErrorsMiddleware",
+    "hubbub.middleware.UploadLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the web UI's modules and CSS) straight from the package: no collectstatic step.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -138,6 +140,7 @@ HUBBUB_MAX_MESSAGE_CHARS = CONFIG.max_message_chars
 HUBBUB_ALLOW_GUESTS = CONFIG.allow_guests
 HUBBUB_MAX_UPLOAD_MB = CONFIG.max_upload_mb
 HUBBUB_REDIS_URL = CONFIG.redis_url
+HUBBUB_DATA_DIR = CONFIG.data_dir
 
 LOGGING = {
     "version": 1,

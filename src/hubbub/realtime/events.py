@@ -47,3 +47,13 @@ PONG = encode({"type": "pong"})
 def group_name(room: str) -> str:
     """The channel-layer group of a room (room names are already group-name safe)."""
     return f"room.{room}"
+
+
+def job_room(job_id: str) -> str:
+    """The hub key of a job's sockets (shares the rooms' fan-out; never a chat room name,
+    which cannot contain '.')."""
+    return f"job.{job_id}"
+
+
+def is_job_room(name: str) -> bool:
+    return name.startswith("job.")

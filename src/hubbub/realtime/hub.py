@@ -31,6 +31,7 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
 from hubbub import metrics
+from hubbub.realtime.events import is_job_room
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,11 @@ class Hub:
                 for sub in list(members):
                     if sub.rich and sub.conn_id != event.get("conn"):
                         sub.offer(out)
+        elif kind == "job" and members:
+            out = {"type": "hub.job", "progress": event.get("progress", 0),
+                   "final": event.get("final", False), "text": event["text"]}
+            for sub in list(members):
+                sub.offer(out)
         elif kind == "revoke" and members:
             for sub in list(members):
                 if sub.actor_key == event.get("user_key"):
@@ -269,7 +275,7 @@ class Hub:
             for room in list(self.unsubscribed):
                 if room in self.rooms:
                     await self._subscribe(room)
-            names = list(self.rooms)
+            names = [name for name in self.rooms if not is_job_room(name)]
             if not names:
                 continue
             try:
@@ -313,7 +319,7 @@ class Hub:
                 if full:
                     next_beat = loop.time() + HEARTBEAT_INTERVAL
                     await database_sync_to_async(services.presence_heartbeat)(instance=self.instance)
-                    rooms = list(self.rooms)
+                    rooms = [name for name in self.rooms if not is_job_room(name)]
                 else:
                     # Coalesce a burst of joins and leaves into one query.
                     await asyncio.sleep(0.05)

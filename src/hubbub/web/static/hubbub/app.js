@@ -1,6 +1,7 @@
 // The chat page: sign in (or enter as a guest), pick a room, read and post.
 import { api, ApiError } from "./api.js";
 import { RoomSocket } from "./socket.js";
+import { showJob, startConversion, targetsFor } from "./jobs.js";
 import { el, renderText } from "./text.js";
 
 const $ = (id) => document.getElementById(id);
@@ -240,6 +241,14 @@ function messageItem(event) {
   const body = el("div", { class: "text", dataset: { testid: "message-text" } });
   renderText(body, event.message);
   item.append(head, body);
+  // A conversion's outcome: preview an image result (only its owner may fetch it; for anyone
+  // else the image fails to load and is removed).
+  const result = /to (png|jpeg|webp|gif): (\/api\/conversions\/[0-9a-f-]{36}\/result)$/.exec(event.message);
+  if (result) {
+    const img = el("img", { src: result[2], alt: "converted image", class: "preview", loading: "lazy" });
+    img.addEventListener("error", () => img.remove());
+    item.append(img);
+  }
   return item;
 }
 
@@ -364,6 +373,51 @@ function autosize() {
   input.style.height = "auto";
   input.style.height = `${Math.min(input.scrollHeight, 200)}px`;
 }
+
+// -- conversions ---------------------------------------------------------------------------
+
+let chosenFile = null;
+
+$("attach").addEventListener("click", () => $("attach-input").click());
+
+$("attach-input").addEventListener("change", async () => {
+  const file = $("attach-input").files[0];
+  $("attach-input").value = "";
+  if (!file) return;
+  chosenFile = file;
+  $("composer-error").textContent = "";
+  $("convert-file-name").textContent = file.name;
+  const select = $("convert-target");
+  select.replaceChildren();
+  try {
+    for (const target of await targetsFor(file)) select.append(el("option", { value: target }, target));
+  } catch (err) {
+    $("composer-error").textContent = "Cannot list the conversions right now.";
+    return;
+  }
+  $("convert-form").hidden = false;
+  select.focus();
+});
+
+$("convert-cancel").addEventListener("click", () => {
+  chosenFile = null;
+  $("convert-form").hidden = true;
+});
+
+$("convert-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!chosenFile || !current) return;
+  const file = chosenFile;
+  const target = $("convert-target").value;
+  $("convert-form").hidden = true;
+  chosenFile = null;
+  try {
+    const job = await startConversion(file, target, current.name);
+    showJob($("jobs"), job, file.name);
+  } catch (err) {
+    $("composer-error").textContent = err.message;
+  }
+});
 
 // -- small screens -------------------------------------------------------------------------
 

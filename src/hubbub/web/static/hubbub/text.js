@@ -1,7 +1,8 @@
 // User text is always inserted as text. URLs become links built with textContent and an
 // http(s)-only href, so no markup from a message is ever interpreted.
 
-const URL_RE = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]}]/g;
+// Absolute http(s) URLs, and the one same-origin path messages carry: a conversion's result.
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]}]|\/api\/conversions\/[0-9a-f-]{36}\/result\b/g;
 
 export function renderText(parent, text) {
   let last = 0;
@@ -10,7 +11,7 @@ export function renderText(parent, text) {
     const href = match[0];
     let url;
     try {
-      url = new URL(href);
+      url = new URL(href, location.origin);
     } catch {
       url = null;
     }

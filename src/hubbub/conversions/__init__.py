@@ -1,0 +1,1 @@
+"""File conversions: uploads turned into other formats by background jobs."""

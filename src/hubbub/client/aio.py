@@ -37,6 +37,8 @@ from hubbub.realtime.protocol import valid_room_name
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "hubbub.v1"
+MAX_FRAME = 64 * 1024  # the server closes the socket (1009) on a bigger frame
+STABLE_AFTER = 5.0  # seconds a connection must last before the backoff starts again from zero
 MAX_BACKOFF = 15.0
 # Close codes after which reconnecting cannot help (docs/protocol.md, "Refusals").
 FATAL_CLOSE = {4400: "bad room name", 4401: "not authenticated", 4403: "forbidden"}
@@ -235,10 +237,8 @@ class Room:
 
     async def __anext__(self) -> Message:
         item = await self._queue.get()
-        if isinstance(item, StopAsyncIteration):
-            self._queue.put_nowait(item)  # stay exhausted
-            raise item
         if isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # stay exhausted (or failed) for every later call
             raise item
         return item
 
@@ -249,14 +249,20 @@ class Room:
         if self.state == "closed":
             raise HubbubError("closed", "the room connection is closed")
         client_id = client_id or uuid.uuid4().hex
+        frame = json.dumps({"message": text, "client_id": client_id})
+        if len(frame.encode()) > MAX_FRAME:
+            raise HubbubError("too_long", f"the post is over the server's {MAX_FRAME} byte frame limit")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[client_id] = (text, future)
         await self._send_post(client_id, text)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         finally:
-            if future.done():
-                self._pending.pop(client_id, None)
+            # Whether acknowledged, refused or timed out, it is no longer ours to resend: a post
+            # that timed out is resent by the caller (with the same client_id) if it wants.
+            self._pending.pop(client_id, None)
+            with contextlib.suppress(ValueError):
+                self._inflight.remove(client_id)
 
     async def typing(self) -> None:
         await self._send_raw('{"type":"typing"}')
@@ -286,6 +292,7 @@ class Room:
     async def _run(self) -> None:
         attempt = 0
         while True:
+            opened_at: float | None = None
             url = f"{self.client.ws_base}/ws/chat/{quote(self.name)}/?after={self.last_id}"
             self._set_state("connecting" if attempt == 0 else "reconnecting")
             try:
@@ -298,7 +305,7 @@ class Room:
                     self._inflight = []
                     self._set_state("open")
                     self._opened.set()
-                    attempt = 0
+                    opened_at = asyncio.get_running_loop().time()
                     for client_id, (text, future) in list(self._pending.items()):
                         if not future.done():
                             await self._send_post(client_id, text)
@@ -318,6 +325,11 @@ class Room:
                 log.debug("room %s: connection lost: %r", self.name, exc)
             finally:
                 self._ws = None
+            if code == 1009 and self._inflight:
+                # The server refused a frame as too big: that post can never succeed.
+                self._fail_post(self._inflight[0], HubbubError("too_long", "the post was too big"))
+            if opened_at is not None and asyncio.get_running_loop().time() - opened_at > STABLE_AFTER:
+                attempt = 0  # a connection that held: back off from scratch next time
             if code in FATAL_CLOSE:
                 self._fatal = HubbubError(FATAL_CLOSE[code], f"the server refused the room (close {code})")
                 self._queue.put_nowait(self._fatal)
@@ -352,6 +364,13 @@ class Room:
                 self.on_presence(self.presence)
         elif kind == "typing" and self.on_typing is not None:
             self.on_typing(str(event.get("user")))
+
+    def _fail_post(self, client_id: str, error: HubbubError) -> None:
+        entry = self._pending.pop(client_id, None)
+        with contextlib.suppress(ValueError):
+            self._inflight.remove(client_id)
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(error)
 
     def _resend(self, client_id: str) -> None:
         entry = self._pending.get(client_id)

@@ -80,6 +80,8 @@ async def chat(url: str, token: str | None, room_name: str) -> int:
                             await connection.post(line)
                         except HubbubError as exc:
                             print(f"! not sent: {exc.detail}")
+                        except TimeoutError:
+                            print("! not sent: no answer from the server in time; send it again")
             finally:
                 printer.cancel()
                 await connection.close()

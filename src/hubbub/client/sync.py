@@ -30,6 +30,7 @@ class Client:
         self._timeout = timeout
         self._async = self._call(self._make(url, token, timeout))
         self._rooms: dict[str, Room] = {}
+        self._tails: dict[Any, queue.Queue[Any]] = {}  # running tail pumps -> their item queues
 
     @staticmethod
     async def _make(url: str, token: str | None, timeout: float) -> HubbubClient:
@@ -46,6 +47,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        for tail, items in list(self._tails.items()):
+            tail.cancel()
+            items.put(None)  # ends a tail iterating in another thread, whatever the loop does next
         for room in list(self._rooms.values()):
             self._call(room.close())
         self._rooms.clear()
@@ -90,12 +94,15 @@ class Client:
                         items.put(message)
                         if stop.is_set():
                             return
+            except asyncio.CancelledError:
+                pass  # the client was closed: the tail simply ends
             except BaseException as exc:
                 items.put(exc)
             finally:
                 items.put(None)
 
         task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        self._tails[task] = items
         try:
             while True:
                 item = items.get()
@@ -107,3 +114,4 @@ class Client:
         finally:
             stop.set()
             task.cancel()
+            self._tails.pop(task, None)

@@ -23,6 +23,11 @@ class UnsupportedConversion(HubbubError):
     status = 400
 
 
+class BadOption(HubbubError):
+    code = "bad_option"
+    status = 400
+
+
 class TooLarge(HubbubError):
     code = "too_large"
     status = 413
@@ -74,7 +79,10 @@ def create(request: HttpRequest, file: File[UploadedFile], target: Form[str],
     actor = caller(request)
     if file.size is not None and file.size > upload_limit():
         raise TooLarge(f"the file is over {settings.HUBBUB_MAX_UPLOAD_MB} MB")
-    parsed = services.parse_options(options)
+    try:
+        parsed = services.parse_options(options)
+    except Invalid as exc:
+        raise BadOption(exc.detail) from None
     target = target.strip().lower()
     # Stored under a generated name: the uploaded name is only ever displayed.
     upload = services.data_path("uploads", uuid.uuid4().hex)
@@ -90,7 +98,7 @@ def create(request: HttpRequest, file: File[UploadedFile], target: Form[str],
             conversion = converters.lookup(source, target)
             parsed = converters.validate_options(conversion, parsed)
         except converters.ConversionError as exc:
-            error = UnsupportedConversion if exc.code == "unsupported_conversion" else Invalid
+            error = UnsupportedConversion if exc.code == "unsupported_conversion" else BadOption
             raise error(exc.detail) from None
         job = services.job_create(actor=actor, filename=_display_name(file.name), upload=upload,
                                   source=source, target=target, options=parsed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -41,7 +42,54 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
+    if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH:
+        await _limited_upload(scope, receive, send)
+        return
     await router(scope, receive, send)
+
+
+UPLOAD_PATH = "/api/conversions"
+ENVELOPE = 64 * 1024  # the multipart headers around the file
+
+
+async def _too_large(send: Any) -> None:
+    body = json.dumps({"error": "too_large",
+                       "detail": f"the upload is over {settings.HUBBUB_MAX_UPLOAD_MB} MB"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _limited_upload(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Refuse an upload over HUBBUB_MAX_UPLOAD_MB at once: from its Content-Length before a byte
+    of the body is read (Django's ASGI handler reads the whole body before any middleware runs),
+    and, for a body without a length, as soon as it passes the limit."""
+    limit = int(settings.HUBBUB_MAX_UPLOAD_MB) * 1024 * 1024 + ENVELOPE
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    await _too_large(send)
+                    return
+            except ValueError:
+                pass
+    received = 0
+    exceeded = False
+
+    async def limited_receive() -> dict[str, Any]:
+        nonlocal received, exceeded
+        message: dict[str, Any] = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                exceeded = True
+                return {"type": "http.disconnect"}  # Django stops reading and answers nothing
+        return message
+
+    await router(scope, limited_receive, send)
+    if exceeded:
+        await _too_large(send)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

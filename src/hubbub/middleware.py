@@ -12,30 +12,6 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
 
-class UploadLimitMiddleware:
-    """Refuses an upload over HUBBUB_MAX_UPLOAD_MB at once (413 ``too_large``), from its
-    Content-Length, before any of the body is read. (A body without a length is checked again
-    after parsing, by the view.)"""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "POST" and request.path.rstrip("/") == "/api/conversions":
-            from django.conf import settings
-
-            limit = int(settings.HUBBUB_MAX_UPLOAD_MB) * 1024 * 1024
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            if length > limit + 64 * 1024:  # room for the multipart envelope
-                body = {"error": "too_large",
-                        "detail": f"the upload is over {settings.HUBBUB_MAX_UPLOAD_MB} MB"}
-                return HttpResponse(json.dumps(body), status=413, content_type="application/json")
-        return self.get_response(request)
-
-
 class JsonErrorsMiddleware:
     """Every error answer is ``{"error", "detail"}`` JSON, whichever layer produced it (a 405 from
     the router, a 403 from Django's CSRF check, …): programs never parse an HTML error page."""

@@ -30,7 +30,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "hubbub.middleware.JsonErrorsMiddleware",
-    "hubbub.middleware.UploadLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the web UI's modules and CSS) straight from the package: no collectstatic step.
     "whitenoise.middleware.WhiteNoiseMiddleware",

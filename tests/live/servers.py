@@ -277,3 +277,92 @@ def new_data_dir() -> Path:
 
 def json_lines(frames: list[str]) -> list[dict[str, Any]]:
     return [json.loads(f) for f in frames]
+
+
+# -- hubbub worker --------------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One ``hubbub worker`` process (``python -m hubbub.cli worker``): its pid is the one in the
+    lease it writes on the jobs it holds (``conversions_job.lease_owner``: host-pid-random)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, name: str = "worker") -> None:
+        self.data_dir = data_dir
+        self.extra_env = env or {}
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.log_path = data_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("HUBBUB_") and k not in ("DATABASE_URL", "REDIS_URL")}
+        env["HUBBUB_DATA_DIR"] = str(self.data_dir)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait: bool = True) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubbub.cli", "worker"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
+        )
+        self.pid = self.proc.pid
+        self.returncode = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the worker logs that it is ready (it has migrated and looks for work)."""
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return " ready" in self.log_path.read_text(errors="replace")
+            except FileNotFoundError:
+                return False
+
+        wait_until(ready, timeout, interval=0.1, what=f"{self.name} ready")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end by itself; its exit status."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.returncode = code
+        self.proc = None
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self.proc = None
+        return self.returncode
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)

@@ -97,6 +97,7 @@ def create(request: HttpRequest, file: File[UploadedFile], target: Form[str],
         try:
             conversion = converters.lookup(source, target)
             parsed = converters.validate_options(conversion, parsed)
+            target = conversion.target  # the canonical name ("jpg" → "jpeg")
         except converters.ConversionError as exc:
             error = UnsupportedConversion if exc.code == "unsupported_conversion" else BadOption
             raise error(exc.detail) from None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ from django.utils import timezone
 from hubbub.accounts.actors import Actor
 from hubbub.chat import selectors as chat_selectors
 from hubbub.conversions.models import FINAL_STATES, TRANSITIONS, Job, JobState
-from hubbub.errors import Invalid, NotFound
+from hubbub.errors import HubbubError, Invalid, NotFound
 from hubbub.realtime import events, protocol
 from hubbub.realtime.hub import publish_threadsafe
+
+log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)  # renewed every LEASE/3 while a worker converts
 MAX_ATTEMPTS = 3
@@ -92,7 +96,7 @@ def wake_workers() -> None:
 def job_for_owner(*, actor: Actor, job_id: str) -> Job:
     """The job, for its owner only: anyone else gets NotFound (not even its existence)."""
     try:
-        job = Job.objects.get(id=job_id)
+        job = Job.objects.get(id=uuid.UUID(str(job_id)))
     except (Job.DoesNotExist, ValueError, TypeError):
         raise NotFound("no such conversion") from None
     if job.owner_key != actor.key:
@@ -228,8 +232,14 @@ def _post_outcome(job: Job) -> None:
     else:
         text = f"could not convert {job.filename} to {job.target}: {job.error}"
     author = Actor(key=job.owner_key, name=job.owner_name, user_id=job.owner_user_id)
-    message_post(actor=author, room_name=job.room, body=text[: settings.HUBBUB_MAX_MESSAGE_CHARS],
-                 client_id=f"job-{job.id}")
+    try:
+        # A savepoint: a refused post (the owner lost access to the room meanwhile) must not undo
+        # the job's own state change.
+        with transaction.atomic():
+            message_post(actor=author, room_name=job.room,
+                         body=text[: settings.HUBBUB_MAX_MESSAGE_CHARS], client_id=f"job-{job.id}")
+    except HubbubError as exc:
+        log.info("job %s: outcome not posted in %s: %s", job.id, job.room, exc.detail)
 
 
 def parse_options(raw: str | None) -> dict[str, Any]:

@@ -52,7 +52,14 @@ class Worker:
             if job is None:
                 wakeup.wait(POLL)
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception as exc:  # never let one job end the worker
+                log.exception("job %s: unexpected failure", job.id)
+                try:
+                    services.job_retry_later(job=job, worker=self.id, error=f"internal error: {exc!r}")
+                except Exception:
+                    log.exception("job %s: cannot record the failure (its lease will expire)", job.id)
         log.info("worker %s stopped", self.id)
 
     def run_job(self, job: Job) -> None:
@@ -61,6 +68,8 @@ class Worker:
         done = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(job, lost, done), daemon=True)
         renewer.start()
+        for leftover in services.data_path("results", "x").parent.glob(f".{job.id}.*.part"):
+            services.remove_quietly(leftover)  # a crashed attempt's partial output
         tmp = services.data_path("results", f".{job.id}.{uuid.uuid4().hex[:8]}.part")
         last = [0.0]
 

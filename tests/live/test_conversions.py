@@ -278,14 +278,6 @@ async def test_a_job_with_a_room_posts_its_outcome_there_once(shared: Farm, toke
     assert [m["id"] for m in await history(shared.a.http, "conv-outcomes", token)] == [event["id"]]
 
 
-LOST_ROOM = (
-    "BUG: when the outcome cannot be posted (the owner lost access to the job's private room), "
-    "services._post_outcome raises Forbidden inside job_done/_finish_failed: the transition rolls "
-    "back and the exception escapes Worker.run_job (raised in the try's else branch), killing the "
-    "`hubbub worker` process with a traceback (the embedded worker thread likewise); the job stays "
-    "'running' at 100%, every worker that takes it over dies the same way")
-
-
 async def test_losing_access_to_the_room_does_not_kill_the_worker(own_farm: Farm) -> None:
     """The owner of a private room removes the job's owner before the job ends: the outcome can
     no longer be posted there, but the job must still end and the worker must live on."""

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest lock clean
+.PHONY: run test lint typecheck pytest lock clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ typecheck: $(DEV_STAMP)
 
 pytest: $(DEV_STAMP)
 	$(BIN)/pytest $(ARGS)
+
+# The benchmark (docs/performance.md): `make bench` is the quick run (under 5 minutes);
+# `make bench FULL=1` the full one (under 25). Needs redis-server and PostgreSQL on 127.0.0.1:5432.
+bench: $(DEV_STAMP)
+	$(BIN)/python -m bench.run $(if $(FULL),,--quick)
 
 # Re-pin every dependency (needs `uv`: pip install uv).
 lock:

@@ -181,6 +181,11 @@ def caller(request: HttpRequest, *, need_user: bool = False) -> Actor:
         raise Forbidden("CSRF check failed: send the csrftoken cookie's value as X-CSRFToken")
     if need_user and not request.user.is_authenticated:
         raise Unauthorized("sign in or send 'Authorization: Bearer <token>'")
+    if (settings.HUBBUB_ALLOW_GUESTS and not request.user.is_authenticated
+            and request.session.session_key is None):
+        # A guest gets a session (a cookie) so that a client that keeps cookies stays the same
+        # guest: its posts' client_ids and its conversion jobs stay its own.
+        request.session.save()
     actor = actor_from(request.user, request.session.session_key, settings.HUBBUB_ALLOW_GUESTS)
     if actor is None:
         raise Unauthorized("guests are not allowed here; sign in or send a bearer token")

@@ -217,6 +217,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return _run_client(commands.chat(url, token, args.room))
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hubbub.client import commands
+
+    url, token = _client_config(args)
+    if not os.path.isfile(args.file):
+        raise CliError(f"no such file: {args.file}")
+    return _run_client(commands.convert(url, token, args.file, args.to, args.room, args.output))
+
+
 def cmd_manage(args: argparse.Namespace) -> int:
     _setup()
     from django.core.management import execute_from_command_line
@@ -275,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
         client_cmd.add_argument("--url", help="the server (default: $HUBBUB_URL or http://127.0.0.1:8000)")
         client_cmd.add_argument("--token", help="a bearer token (default: $HUBBUB_TOKEN; none: a guest)")
         client_cmd.set_defaults(func=func)
+
+    conv = sub.add_parser("convert", help="convert a file, showing progress, and save the result")
+    conv.add_argument("file")
+    conv.add_argument("--to", required=True, metavar="FORMAT", help="the target format (png, pdf, …)")
+    conv.add_argument("--room", help="also post the outcome in this room")
+    conv.add_argument("--output", "-o", help="where to save (default: the server's name, here)")
+    conv.add_argument("--url", help="the server (default: $HUBBUB_URL or http://127.0.0.1:8000)")
+    conv.add_argument("--token", help="a bearer token (default: $HUBBUB_TOKEN; none: a guest)")
+    conv.set_defaults(func=cmd_convert)
 
     manage = sub.add_parser("manage", help="Django's management commands", add_help=False)
     manage.add_argument("args", nargs=argparse.REMAINDER)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -747,3 +748,33 @@ async def test_chat_survives_a_post_that_times_out_while_the_server_is_down(embe
         await asyncio.to_thread(term.wait_text, "not sent", 40)
         assert term.child.isalive()
         await asyncio.to_thread(term.wait_for, lambda s: prompt_ready(s, room), 10, "the prompt again")
+
+
+def test_hubbub_convert_shows_progress_and_saves_the_result(embedded: HubbubServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    token = embedded.make_user("converter")
+    frames = [Image.new("RGB", (600, 800), (255, (i * 40) % 255, 0)) for i in range(8)]
+    frames[0].save(tmp_path / "deck.pdf", save_all=True, append_images=frames[1:])
+    env = {**embedded.env(), "HUBBUB_URL": embedded.http, "HUBBUB_TOKEN": token}
+    done = subprocess.run([sys.executable, "-m", "hubbub.cli", "convert", "deck.pdf", "--to", "png",
+                           "--room", "files"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "deck.zip"
+    progress = [int(line.split("%")[0]) for line in done.stderr.splitlines() if "%" in line]
+    assert progress == sorted(progress) and progress[-1] == 100 and len(set(progress)) >= 3, done.stderr
+    with zipfile.ZipFile(tmp_path / "deck.zip") as archive:
+        assert len(archive.namelist()) == 8
+    # A guest (no token) follows its own job through its session cookie.
+    guest_env = {k: v for k, v in env.items() if k != "HUBBUB_TOKEN"}
+    Image.new("RGB", (50, 40), "blue").save(tmp_path / "small.png")
+    guest = subprocess.run([sys.executable, "-m", "hubbub.cli", "convert", "small.png", "--to", "jpeg",
+                            "-o", "out.jpg"], cwd=tmp_path, env=guest_env, capture_output=True, text=True,
+                           timeout=60)
+    assert guest.returncode == 0, guest.stderr
+    assert Image.open(tmp_path / "out.jpg").size == (50, 40)
+    refused = subprocess.run([sys.executable, "-m", "hubbub.cli", "convert", "small.png", "--to", "xlsx"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "unsupported_conversion" in refused.stderr

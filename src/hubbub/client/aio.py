@@ -20,10 +20,12 @@ import contextlib
 import json
 import logging
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -115,6 +117,14 @@ class HubbubClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    def _ws_headers(self) -> dict[str, str]:
+        """The handshake's headers: the token, or a guest's session cookie (so a guest's socket
+        is the same guest as its HTTP calls)."""
+        headers = self._headers()
+        if not self.token and self._http.cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self._http.cookies.items())
+        return headers
+
     async def request(self, method: str, path: str, body: Any = None,
                       params: dict[str, Any] | None = None) -> Any:
         """One API call; an error answer raises :class:`HubbubError`."""
@@ -166,6 +176,77 @@ class HubbubClient:
         body = {"message": text, "client_id": client_id or uuid.uuid4().hex}
         path = f"/api/rooms/{quote(_room_name(room))}/messages"
         return Message.from_event(await self.request("POST", path, body))
+
+    # -- conversions -------------------------------------------------------------------------
+
+    async def convert(self, path: str | Path, target: str, *, room: str | None = None,
+                      options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Upload a file to convert; returns the queued Job (CONTRACT.md §3)."""
+        path = Path(path)
+        data: dict[str, str] = {"target": target}
+        if room:
+            data["room"] = room
+        if options:
+            data["options"] = json.dumps(options)
+        content = await asyncio.to_thread(path.read_bytes)
+        try:
+            response = await self._http.post("/api/conversions", data=data,
+                                             files={"file": (path.name, content)},
+                                             headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise HubbubError("unreachable", f"cannot reach {self.url}: {exc}") from None
+        body = response.json() if response.headers.get("content-type", "").startswith(
+            "application/json") else {}
+        if response.status_code >= 400:
+            raise HubbubError(str(body.get("error", "http_error")), str(body.get("detail", "")),
+                              response.status_code)
+        return dict(body)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/api/conversions/{quote(job_id)}"))
+
+    async def job_updates(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The job's state now, then every change until a final state (reconnecting as needed)."""
+        url = f"{self.ws_base}/ws/jobs/{quote(job_id)}/"
+        attempt = 0
+        while True:
+            try:
+                async with websockets.connect(url, additional_headers=self._ws_headers(),
+                                              open_timeout=10) as ws:
+                    attempt = 0
+                    async for frame in ws:
+                        event = json.loads(frame)
+                        yield event
+                        if event.get("state") in ("done", "failed", "cancelled"):
+                            return
+                    code = ws.close_code
+            except (OSError, TimeoutError, websockets.ConnectionClosed) as exc:
+                log.debug("job socket lost: %r", exc)
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+            if code in FATAL_CLOSE:
+                raise HubbubError(FATAL_CLOSE[code], "the server refused the job's socket")
+            attempt += 1
+            await asyncio.sleep(min(MAX_BACKOFF, 0.25 * 2 ** attempt) * (0.5 + random.random()))
+
+    async def download(self, job_id: str, destination: str | Path | None = None) -> Path:
+        """Save a done job's result (by default under the server's file name, in the current
+        directory)."""
+        async with self._http.stream("GET", f"/api/conversions/{quote(job_id)}/result",
+                                     headers=self._headers()) as response:
+            if response.status_code >= 400:
+                body = json.loads(await response.aread() or b"{}")
+                raise HubbubError(str(body.get("error")), str(body.get("detail")), response.status_code)
+            if destination is None:
+                match = re.search(r'filename="?([^";]+)"?', response.headers.get("content-disposition", ""))
+                destination = Path(Path(match.group(1)).name if match else f"{job_id}.out")
+            destination = Path(destination)
+            out = await asyncio.to_thread(destination.open, "wb")
+            try:
+                async for chunk in response.aiter_bytes():
+                    out.write(chunk)
+            finally:
+                out.close()
+        return destination
 
     def room(self, name: str, *, after: int | None = None) -> Room:
         """A live connection to a room. Iterate it for messages with ``id > after`` (by default:
@@ -298,7 +379,7 @@ class Room:
             try:
                 async with websockets.connect(
                     url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                    additional_headers=self.client._headers(), max_size=2**22, open_timeout=10,
+                    additional_headers=self.client._ws_headers(), max_size=2**22, open_timeout=10,
                     ping_interval=20, ping_timeout=20,
                 ) as ws:
                     self._ws = ws

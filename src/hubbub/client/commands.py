@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from hubbub.client.aio import HubbubClient, HubbubError, Message, Room
 
@@ -86,6 +88,39 @@ async def chat(url: str, token: str | None, room_name: str) -> int:
                 printer.cancel()
                 await connection.close()
     return 0
+
+
+async def convert(url: str, token: str | None, path: str, target: str, room: str | None,
+                  output: str | None) -> int:
+    """Upload, show a progress bar while the job runs, save the result."""
+    source = Path(path)
+    async with HubbubClient(url, token) as client:
+        job = await client.convert(source, target, room=room)
+        final: dict[str, Any] = job
+        shown = None
+        async for update in client.job_updates(job["id"]):
+            final = update
+            line = (int(update.get("progress", 0)), str(update.get("stage") or update.get("state")))
+            if line != shown:
+                shown = line
+                _bar(*line)
+        sys.stderr.write("\n")
+        if final.get("state") != "done":
+            raise HubbubError(str(final.get("state")),
+                              str(final.get("error") or "the conversion did not finish"))
+        saved = await client.download(job["id"], output)  # default: the server's name
+        print(saved)
+    return 0
+
+
+def _bar(progress: int, stage: str) -> None:
+    if not sys.stderr.isatty():
+        sys.stderr.write(f"{progress:3d}% {stage}\n")
+        return
+    width = 30
+    filled = width * progress // 100
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {progress:3d}% {stage[:40]:<40}")
+    sys.stderr.flush()
 
 
 async def _print_messages(connection: Room) -> None:

@@ -57,14 +57,16 @@ async def _too_large(send: Any) -> None:
                        "detail": f"the upload is over {settings.HUBBUB_MAX_UPLOAD_MB} MB"}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _limited_upload(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Refuse an upload over HUBBUB_MAX_UPLOAD_MB at once: from its Content-Length before a byte
     of the body is read (Django's ASGI handler reads the whole body before any middleware runs),
-    and, for a body without a length, as soon as it passes the limit."""
+    and, for a body without a length, as soon as it passes the limit. The connection is kept
+    open: the server reads and drops the rest of the body (never storing it), because closing a
+    socket with unread data resets it and the client would lose the 413 already sent."""
     limit = int(settings.HUBBUB_MAX_UPLOAD_MB) * 1024 * 1024 + ENVELOPE
     for name, value in scope.get("headers", ()):
         if name == b"content-length":

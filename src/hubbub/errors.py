@@ -46,3 +46,23 @@ class EmptyMessage(HubbubError):
 class TooLong(HubbubError):
     code = "too_long"
     status = 400
+
+
+class UnsupportedConversion(HubbubError):
+    code = "unsupported_conversion"
+    status = 400
+
+
+class BadOption(HubbubError):
+    code = "bad_option"
+    status = 400
+
+
+class TooLarge(HubbubError):
+    code = "too_large"
+    status = 413
+
+
+class NotReady(HubbubError):
+    code = "not_ready"
+    status = 409

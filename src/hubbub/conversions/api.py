@@ -13,24 +13,9 @@ from ninja.files import UploadedFile
 
 from hubbub.conversions import converters, services
 from hubbub.conversions.models import JobState
-from hubbub.errors import HubbubError, Invalid, NotFound
+from hubbub.errors import BadOption, Invalid, NotFound, NotReady, TooLarge, UnsupportedConversion
 
 router = Router(tags=["conversions"])
-
-
-class UnsupportedConversion(HubbubError):
-    code = "unsupported_conversion"
-    status = 400
-
-
-class BadOption(HubbubError):
-    code = "bad_option"
-    status = 400
-
-
-class TooLarge(HubbubError):
-    code = "too_large"
-    status = 413
 
 
 class JobOut(Schema):
@@ -148,8 +133,3 @@ def result(request: HttpRequest, job_id: str) -> FileResponse:
     name = f"{Path(job.filename).stem or 'converted'}.{job.result_extension}"
     return FileResponse(open(path, "rb"), as_attachment=True, filename=name,
                         content_type=job.result_content_type or "application/octet-stream")
-
-
-class NotReady(HubbubError):
-    code = "not_ready"
-    status = 409

@@ -12,8 +12,9 @@ Every design is driven the same way:
 * a socket is ``<url>/ws/chat/<room>/``; socket ``i`` is in room ``i % rooms`` and on URL
   ``(i // rooms) % len(urls)``, so a room's sockets alternate between the instances;
 * a post is the frame ``{"message": "B<step>.<seq>.<monotonic ns>.xxx…"}`` (about 100 characters);
-  message ``m`` of a step goes to room ``m % rooms`` from one of that room's first sockets, at
-  most ``MAX_PER_SENDER`` posts/s per socket (Hubbub's per-socket limit is 12/s);
+  message ``m`` of a step goes to room ``m % rooms`` from one of that room's first sockets (at
+  least two per room, so that posts come in on both instances), at most ``MAX_PER_SENDER``
+  posts/s per socket (Hubbub's per-socket limit is 12/s, bursts of 24);
 * every socket of the room, the sender included (Hubbub's acknowledgement is its own
   MessageEvent), should receive a frame whose ``message`` is that payload. The receive latency is
   the receiver's ``time.monotonic_ns()`` (one clock for every process of the machine) minus the
@@ -50,7 +51,7 @@ from urllib.parse import urlsplit
 
 HIST_RES_US = 100  # latency histogram resolution
 HIST_BUCKETS = 100_001  # 0 .. 10 s; later frames land in the last bucket
-MAX_PER_SENDER = 8.0  # posts per second per sending socket
+MAX_PER_SENDER = 10.0  # posts per second per sending socket
 PAD = b"x" * 64
 PAYLOAD_RE = re.compile(rb'"message": ?"B(\d+)\.\d+\.(\d+)\.')
 ID_RE = re.compile(rb'"id":(\d+)')
@@ -408,11 +409,11 @@ class Worker:
         if not active or total == 0:
             return
         per_room = rate / len(active)
-        senders = max(1, math.ceil(per_room / MAX_PER_SENDER))
+        senders = max(2, math.ceil(per_room / MAX_PER_SENDER))
         plan: list[tuple[int, int, Sock | None]] = []
         for m in range(total):
             room = active[m % len(active)]
-            slot = (m // len(active)) % min(senders, sizes[room])
+            slot = (m // len(active) + room) % min(senders, sizes[room])
             sender = room + slot * n_rooms  # the slot-th socket of the room
             if sender % self.procs != self.index:
                 continue
@@ -641,14 +642,16 @@ class Parent:
         expected = sum(p["expected"] for p in parts)
         sent = sum(p["sent"] for p in parts)
         wall = after.wall - before.wall
+        planned = round(rate * seconds)
+        window = planned / rate if planned else seconds  # the send window the rates are over
         cpu = [p["cpu_s"] for p in parts]
         result: Json = {
-            "rate": rate, "seconds": seconds, "sent": sent, "posts_per_s": round(sent / seconds, 2),
+            "rate": rate, "seconds": seconds, "sent": sent, "posts_per_s": round(sent / window, 2),
             "unsendable": sum(p["unsendable"] for p in parts),
             "expected": expected, "delivered": received,
             "delivery": round(received / expected, 5) if expected else None,
-            "deliveries_per_s": round(received / seconds, 1),
-            "offered_deliveries_per_s": round(expected / seconds, 1),
+            "deliveries_per_s": round(received / window, 1),
+            "offered_deliveries_per_s": round(expected / window, 1),
             **percentiles(hist, received, max(p["max_us"] for p in parts)),
             "drained": drained, "errors": sum(p["errors"] for p in parts),
             "stale": sum(p["stale"] for p in parts),
@@ -685,8 +688,11 @@ class Parent:
         return {**self.run_step(ph["rate"], ph["seconds"], ph.get("drain", 3)), "quiet_wait_s": waited}
 
     def phase_ladder(self, ph: Json) -> Json:
-        """Rising rates until a step fails (p99 over the limit, or delivery under the minimum);
-        then ``refine`` bisection steps between the last pass and the first failure."""
+        """Rising rates until a step fails (p99 over the limit, delivery under the minimum, or a
+        socket closed by the server); then ``refine`` bisection steps between the last pass and
+        the first failure. A ladder that never failed reports ``ceiling_reached: false``: its best
+        step is a lower bound. Once a socket has been closed, the room is smaller than planned and
+        no further step is run."""
         p99_limit = ph.get("p99_ms", 200.0)
         min_delivery = ph.get("min_delivery", 1.0)
         steps: list[Json] = []
@@ -720,8 +726,12 @@ class Parent:
                 failed = result["first_failure_rate"] = rate
                 break
             best = rate
+        result["ceiling_reached"] = failed is not None
         for _ in range(ph.get("refine", 0)):
             if best is None or failed is None or failed / best < 1.15 or time.monotonic() > deadline:
+                break
+            if any(s["closed"] for s in steps):
+                result["stopped_after_closes"] = True
                 break
             rate = round(math.sqrt(best * failed), 1)
             step = run(rate)

@@ -38,7 +38,10 @@ class Fanout:
     """One Redis pub/sub connection per process; one SUBSCRIBE per room with local sockets."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis = aioredis.from_url(redis_url)
+        # Publishers wait for one of 64 connections: redis-py 8's default pool raises
+        # MaxConnectionsError past 100 concurrent commands.
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=None)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.rooms: dict[str, set[ServerConnection]] = {}
         self.reader: asyncio.Task[None] | None = None

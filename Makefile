@@ -24,12 +24,12 @@ run: $(STAMP)
 	$(BIN)/hubbub serve
 
 test: $(DEV_STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/pytest
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src

@@ -703,7 +703,9 @@ class Parent:
 
         def run(rate: float) -> Json:
             waited = self.wait_quiet(ph.get("quiet_pct", 15.0), ph.get("quiet_max_s", 20.0))
-            step = self.run_step(rate, ph["seconds"], ph.get("drain", 3))
+            # A low rate runs longer, so that a step's percentiles rest on enough posts.
+            seconds = max(ph["seconds"], ph.get("min_posts", 0) / rate)
+            step = self.run_step(rate, seconds, ph.get("drain", 3))
             step["quiet_wait_s"] = waited
             step["pass"] = passes(step)
             steps.append(step)

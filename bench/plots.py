@@ -40,9 +40,9 @@ def latency_plot(runs: dict[str, Json], title: str, path: Path, limit_ms: float)
         failed = [s for s in steps if not s.get("pass")]
         ax.plot([s["rate"] for s in failed], [max(0.05, s["p99_ms"]) for s in failed], "x", color=color,
                 markersize=10, mew=2)
-        ax2.plot(x, [s["deliveries_per_s"] for s in steps], "-o", color=color, markersize=3,
-                 label=f"{design} delivered")
-        ax2.plot(x, [s["offered_deliveries_per_s"] for s in steps], ":", color=color, alpha=0.6)
+        server_cpu = [sum(v["cpu_pct"] or 0 for k, v in s["servers"].items() if k != "redis") for s in steps]
+        ax2.plot(x, server_cpu, "-o", color=color, markersize=3, label=f"{design}: its 2 servers")
+        ax2.plot(x, [s["gen_cpu_pct"] for s in steps], ":", color=color, label=f"{design}: generator")
     if not drawn:
         plt.close(fig)
         return None
@@ -52,8 +52,8 @@ def latency_plot(runs: dict[str, Json], title: str, path: Path, limit_ms: float)
            ylabel="receive latency (ms)", title=f"{title}: latency (x = failed step)")
     ax.legend(fontsize=7, ncol=3)
     ax.grid(True, which="both", alpha=0.3)
-    ax2.set(xscale="log", yscale="log", xlabel="offered load (posts/s)", ylabel="frames delivered / s",
-            title=f"{title}: delivered (dotted = offered)")
+    ax2.set(xscale="log", xlabel="offered load (posts/s)", ylabel="CPU, % of one core (2 cores in all)",
+            title=f"{title}: CPU (dotted = load generator)")
     ax2.legend(fontsize=8)
     ax2.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -100,7 +100,8 @@ def conversion_plot(conv: Json, path: Path) -> Path | None:
     ax.bar([x - 0.2 for x in xs], direct, 0.4, label="converter called directly")
     ax.bar([x + 0.2 for x in xs], job, 0.4, label="as a job (upload → done)")
     for x, d, j in zip(xs, direct, job, strict=True):
-        ax.text(x + 0.2, j, f"+{100 * (j / d - 1):.0f}%", ha="center", va="bottom", fontsize=8)
+        ax.text(x + 0.2, j, f"+{1000 * (j - d):.0f} ms\n(+{100 * (j / d - 1):.0f}%)", ha="center",
+                va="bottom", fontsize=7)
     ax.set_xticks(list(xs), [f"{n}\n{files[n]['file']}→{files[n]['target']}" for n in names], fontsize=8)
     ax.set(ylabel="seconds (median)", yscale="log", title="conversion: direct vs job")
     ax.legend(fontsize=8)
@@ -111,6 +112,7 @@ def conversion_plot(conv: Json, path: Path) -> Path | None:
 
 
 def write_all(results: dict[str, Json], out: Path) -> list[Path]:
+    """Every plot the results allow; returns the files written."""
     written: list[Path | None] = []
     fan = results.get("fanout", {})
     limit = fan.get("settings", {}).get("p99_limit_ms", 200.0)
@@ -127,3 +129,20 @@ def write_all(results: dict[str, Json], out: Path) -> list[Path]:
     if results.get("conversion", {}).get("files"):
         written.append(conversion_plot(results["conversion"], out / "conversion.png"))
     return [p for p in written if p is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the plots of a results directory: ``python -m bench.plots [bench/results]``."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0]) if args else Path(__file__).resolve().parent / "results"
+    results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.stem != "summary"}
+    for path in write_all(results, out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

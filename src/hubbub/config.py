@@ -31,6 +31,7 @@ class Config:
     max_message_chars: int
     max_upload_mb: int
     debug: bool
+    max_sockets_per_user: int = 50
 
     @property
     def sqlite_path(self) -> Path:
@@ -184,6 +185,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     max_message_chars = _positive_int(env, "HUBBUB_MAX_MESSAGE_CHARS", 4000, 1_000_000)
     max_upload_mb = _positive_int(env, "HUBBUB_MAX_UPLOAD_MB", 50, 100_000)
     debug = _bool(env, "HUBBUB_DEBUG", False)
+    max_sockets_per_user = _positive_int(env, "HUBBUB_MAX_SOCKETS_PER_USER", 50, 100_000)
     secret_key = _secret_key(env, data_dir)
     return Config(
         data_dir=data_dir,
@@ -195,6 +197,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         max_message_chars=max_message_chars,
         max_upload_mb=max_upload_mb,
         debug=debug,
+        max_sockets_per_user=max_sockets_per_user,
     )
 
 

@@ -22,6 +22,8 @@ import httpx
 import pytest
 from channels_redis.utils import _consistent_hash
 
+from hubbub import config
+from hubbub.redisconn import sync_primary
 from tests.live.scaleout_kit import Poster, RedisNode, SentinelSet, check_room
 from tests.live.servers import HubbubServer, history, postgres_database, wait_until
 from tests.live.wsclient import Socket
@@ -174,6 +176,12 @@ async def test_sentinel_failover_under_load_loses_and_doubles_nothing(
 
 async def _failovers(servers: list[HubbubServer], sentinels: SentinelSet) -> None:
     first = sentinels.master_port()
+    # The direct uses (the workers' wake-up list) hold a client for the life of the process: it
+    # must follow the failovers too. Made now, used again after both.
+    target = config.load({"HUBBUB_DATA_DIR": str(servers[0].data_dir), "REDIS_URL": sentinels.url}).redis
+    assert target is not None and target.mode == "sentinel"
+    direct = sync_primary(target, socket_timeout=2)
+    assert direct.lpush("hubbub:test:wake", 1) == 1
     for server in servers:
         assert readyz(server) == (200, f"ok (sentinel master 'hubbub' at 127.0.0.1:{first})")
     rooms = [f"sent{i}" for i in range(4)]
@@ -245,6 +253,17 @@ async def _failovers(servers: list[HubbubServer], sentinels: SentinelSet) -> Non
 
     for client in clients:
         assert client.pending is None and client.sock.closed_code is None, client.tag
+    # The long-lived direct client writes to the current master (a replica would refuse a write);
+    # at most its first command after a failover meets a closed connection.
+    for attempt in range(3):
+        try:
+            direct.lpush("hubbub:test:wake", 2)
+            break
+        except Exception:
+            assert attempt < 2
+            await asyncio.sleep(0.5)
+    now = sentinels.node(sentinels.master_port()).client()
+    assert now.lrange("hubbub:test:wake", 0, 0) == ["2"]
     total = 0
     for room in rooms:
         members = [c for c in clients if c.room == room]

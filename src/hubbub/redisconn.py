@@ -103,8 +103,9 @@ class Checker:
             shown = "; ".join(f"{name}: {type(exc).__name__}" for name, exc in failed)
             if self.target.mode == "sharded":
                 return f"unreachable: {len(failed)} of {len(self.clients)} shards ({shown})"
-            return f"unreachable: {type(failed[0][1]).__name__}" if self.target.mode == "single" \
-                else f"unreachable: {shown}"
+            if self.target.mode == "sentinel":
+                return f"unreachable: {shown}"
+            return f"unreachable: {type(failed[0][1]).__name__}"  # as before the extensions
         if self.target.mode == "sharded":
             return f"ok ({len(self.clients)} shards)"
         if self.target.mode == "sentinel":

@@ -9,8 +9,11 @@
   the job is ``done``, timed from the start of the upload; the CPU that the worker and the server
   spent meanwhile is read from ``/proc``. Jobs run one at a time on one ``hubbub worker``.
 
-The overhead of a file is (job - direct) / direct on the medians. ``tiny`` (a 64x48 PNG) shows
-the fixed cost of a job, whatever its size.
+* **throughput**: ``--batch`` jobs submitted at once, one worker: from the first upload to the last
+  ``done``, against ``batch`` x the direct median. This is the cost of a job in a stream of jobs.
+
+The latency overhead of a file is (job - direct) / direct on the medians. ``tiny`` (a 64x48 PNG)
+shows the fixed cost of a job, whatever its size.
 """
 
 from __future__ import annotations
@@ -186,6 +189,20 @@ async def jobs(base: str, token: str, data: bytes, filename: str, target: str, r
     return out
 
 
+async def throughput(base: str, token: str, data: bytes, filename: str, target: str, batch: int,
+                     timeout: float) -> Json:
+    """``batch`` jobs submitted at once (one worker converts them one after another): the time from
+    the first upload to the last ``done``. Uploads and hand-offs overlap with conversions, as they do
+    for a stream of jobs; this is the throughput a worker delivers."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one_job(client, base, token, data, filename, target,
+                                                 timeout) for _ in range(batch)))
+        wall = time.perf_counter() - t0
+    errors = [r["error"] for r in results if "error" in r]
+    return {"batch": batch, "wall_s": wall, "jobs_per_s": batch / wall, "errors": errors}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", required=True)
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--files", default=",".join(FILES))
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--batch", type=int, default=8, help="jobs in flight for the throughput run")
     args = parser.parse_args(argv)
     pids = {"worker": args.worker_pid, "server": args.server_pid}
     results: Json = {"reps": args.reps, "files": {}}
@@ -208,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             d = direct(path, filename, target, args.reps, workdir)
             j = asyncio.run(jobs(args.base, args.token, data, filename, target, args.reps, pids,
                                  args.timeout))
-            entry: Json = {"file": filename, "bytes": len(data), "target": target, "direct": d, "job": j}
+            t = asyncio.run(throughput(args.base, args.token, data, filename, target, args.batch,
+                                       args.timeout + 10 * args.batch * d["wall_median_s"]))
+            entry: Json = {"file": filename, "bytes": len(data), "target": target, "direct": d, "job": j,
+                           "throughput": t}
+            if not t["errors"]:
+                # jobs per second through one worker vs converter calls per second in one process
+                t["direct_per_s"] = 1 / d["wall_median_s"] if d["wall_median_s"] else None
+                t["overhead"] = t["wall_s"] / (args.batch * d["wall_median_s"]) - 1
             if "wall_median_s" in j:
                 entry["overhead_wall"] = j["wall_median_s"] / d["wall_median_s"] - 1
                 job_cpu = sum(j["cpu_median_s"].values())
@@ -216,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["fixed_cost_ms"] = 1000 * (j["wall_median_s"] - d["wall_median_s"])
             results["files"][name] = entry
             print(f"convert: {name}: direct {d['wall_median_s']:.3f}s, job "
-                  f"{j.get('wall_median_s', float('nan')):.3f}s", file=sys.stderr, flush=True)
+                  f"{j.get('wall_median_s', float('nan')):.3f}s; {args.batch} jobs at once "
+                  f"{t['wall_s']:.3f}s ({t.get('overhead', float('nan')):+.1%})", file=sys.stderr, flush=True)
     json.dump(results, sys.stdout)
     sys.stdout.write("\n")
     return 0

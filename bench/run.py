@@ -66,6 +66,7 @@ class Settings:
     catchup_reps: int = 3
     convert_files: tuple[str, ...] = ("photo", "table", "doc", "deck", "tiny")
     convert_reps: int = 5
+    convert_batch: int = 8
     p99_limit_ms: float = 200.0
     idle_p99_limit_ms: float = 500.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,14 +77,14 @@ FULL = Settings(
     limits_s={"fanout": 560, "many_rooms": 270, "catchup": 90, "conversion": 150, "idle": 330},
 )
 QUICK = Settings(
-    quick=True, total_limit_s=4.75 * 60,
-    limits_s={"fanout": 125, "many_rooms": 50, "catchup": 30, "conversion": 25, "idle": 45},
+    quick=True, total_limit_s=5.0 * 60,
+    limits_s={"fanout": 125, "many_rooms": 50, "catchup": 45, "conversion": 25, "idle": 45},
     fanout_rates=(1, 4, 16, 64, 256, 1024), fanout_step_s=2.0, fanout_drain_s=1.0, fanout_refine=0,
     min_posts=3,
     rooms=200, rooms_rates=(10, 40, 160, 640, 2560), rooms_step_s=1.5, rooms_refine=0,
     idle_steps=(1000, 5000), idle_total=5000, idle_rooms=100, idle_rate=50, idle_traffic_s=3,
     idle_designs=("hubbub",), idle_procs=2,
-    convert_files=("photo", "tiny"), convert_reps=1,
+    convert_files=("photo", "tiny"), convert_reps=1, convert_batch=4,
 )
 
 
@@ -282,7 +283,8 @@ class Bench:
             done = subprocess.run(
                 [sys.executable, "-m", "bench.convert", "--base", server.http, "--token", token,
                  "--worker-pid", str(worker.pid), "--server-pid", str(server.pid),
-                 "--reps", str(self.s.convert_reps), "--files", ",".join(self.s.convert_files)],
+                 "--reps", str(self.s.convert_reps), "--files", ",".join(self.s.convert_files),
+                 "--batch", str(self.s.convert_batch)],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
                 timeout=max(10, deadline - time.monotonic()), start_new_session=True)
             result = json.loads(done.stdout) if done.returncode == 0 else \
@@ -535,12 +537,16 @@ def summarize(results: dict[str, Json], s: Settings) -> Json:
                         "detail": {"max_s": cu.get("seconds_max"), "in_order": cu.get("all_in_order")}})
     conv = results.get("conversion", {}).get("files", {})
     for name, entry in conv.items():
-        if name == "tiny" or "overhead_wall" not in entry:
+        through = entry.get("throughput", {})
+        if name == "tiny" or "overhead" not in through:
             continue
-        targets.append({"target": f"conversion {entry['file']} -> {entry['target']}: job <= 1.10 x direct",
-                        "value": round(1 + entry["overhead_wall"], 3), "met": entry["overhead_wall"] <= 0.10,
+        targets.append({"target": f"conversion {entry['file']} -> {entry['target']}: "
+                                  f"{through['batch']} jobs <= 1.10 x {through['batch']} direct calls",
+                        "value": round(1 + through["overhead"], 3), "met": through["overhead"] <= 0.10,
                         "detail": {"direct_s": round(entry["direct"]["wall_median_s"], 3),
-                                   "job_s": round(entry["job"]["wall_median_s"], 3),
+                                   "batch_s": round(through["wall_s"], 3),
+                                   "one_job_s": round(entry["job"].get("wall_median_s", 0), 3),
+                                   "one_job_overhead": entry.get("overhead_wall"),
                                    "cpu_overhead": entry.get("overhead_cpu")}})
     return {"targets": targets}
 

@@ -14,35 +14,38 @@ from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from hubbub.conversions.consumers import JobSocket  # noqa: E402
 from hubbub.realtime.consumers import ChatSocket, refuse_socket  # noqa: E402
 from hubbub.realtime.hub import get_hub  # noqa: E402
-from hubbub.realtime.middleware import OriginCheckMiddleware, SocketRouter  # noqa: E402
+from hubbub.realtime.middleware import SocketRouter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 # The room pattern is deliberately wide: a bad name gets close code 4400 from the socket (a clear
 # answer) instead of a routing failure. Any other path is refused at the handshake (HTTP 403).
-sockets = OriginCheckMiddleware(SocketRouter(
-    [(r"^ws/chat/(?P<room>[^/]*)/?$", ChatSocket.as_asgi()),
-     (r"^ws/jobs/(?P<job_id>[^/]+)/?$", JobSocket.as_asgi())],
+sockets = SocketRouter(
+    [(r"^ws/chat/(?P<room>[^/]*)/?$", ChatSocket), (r"^ws/jobs/(?P<job_id>[^/]+)/?$", JobSocket)],
     fallback=refuse_socket,
-))
-
-router = ProtocolTypeRouter({"http": django_app, "websocket": sockets})
+)
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "websocket":
+        # The socket's run() is awaited right here: no router or middleware frames stay alive for
+        # the connection's lifetime (memory per idle socket, docs/performance.md).
+        socket = await sockets.open(scope, receive, send)
+        if socket is not None:
+            await socket.run()
+        return
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
     if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH:
         await _limited_upload(scope, receive, send)
         return
-    await router(scope, receive, send)
+    await django_app(scope, receive, send)
 
 
 UPLOAD_PATH = "/api/conversions"
@@ -86,7 +89,7 @@ async def _limited_upload(scope: dict[str, Any], receive: Any, send: Any) -> Non
                 return {"type": "http.disconnect"}  # Django stops reading and answers nothing
         return message
 
-    await router(scope, limited_receive, send)
+    await django_app(scope, limited_receive, send)
     if exceeded:
         await _too_large(send)
 

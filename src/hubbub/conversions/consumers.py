@@ -22,6 +22,8 @@ CHECK_EVERY = 2.0  # seconds: re-read the row while the job runs, in case a live
 class JobSocket(Socket):
     """Progress only ever goes up on this socket, and nothing follows a final state."""
 
+    __slots__ = ("checker", "final", "joined", "last_text", "progress", "room")
+
     def __init__(self, scope: Any, receive: Any, send: Any) -> None:
         super().__init__(scope, receive, send)
         self.room = ""
@@ -32,7 +34,7 @@ class JobSocket(Socket):
         self.checker: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        job_id = self.scope["route"]["job_id"]
         self.session_key = self.scope.get("session_key")
         actor = actor_from(self.scope.get("user"), self.session_key, settings.HUBBUB_ALLOW_GUESTS)
         if actor is None or self.scope.get("auth_error"):

@@ -41,22 +41,36 @@ CLOSE_SERVER_ERROR = 1011
 
 
 class ChatSocket(Socket):
-    room: str
+    __slots__ = (
+        "actor",
+        "frame_bucket",
+        "joined",
+        "last_id",
+        "last_typing",
+        "message_bucket",
+        "presence_seen",
+        "room",
+        "room_id",
+    )
     room_id: int
     actor: Actor
 
     def __init__(self, scope: Any, receive: Any, send: Any) -> None:
         super().__init__(scope, receive, send)
+        self.room = ""
         self.joined = False
         self.presence_seen = False
         self.last_id = 0
         self.last_typing = 0.0
+        # Created at the first frame: most sockets only listen.
+        self.message_bucket: protocol.TokenBucket | None = None
+        self.frame_bucket: protocol.TokenBucket | None = None
 
     # -- connect / leave --------------------------------------------------------------------------
 
     async def connect(self) -> None:
         scope = self.scope
-        room = scope["url_route"]["kwargs"]["room"]
+        room = scope["route"]["room"]
         self.rich = protocol.SUBPROTOCOL in (scope.get("subprotocols") or ())
         subprotocol = protocol.SUBPROTOCOL if self.rich else None
         if not protocol.valid_room_name(room):
@@ -90,9 +104,6 @@ class ChatSocket(Socket):
             return await self.refuse(CLOSE_SERVER_ERROR, subprotocol)
         self.room_id = state.id
         hub.note_seq(room, state.last_seq)
-        now = time.monotonic()
-        self.message_bucket = protocol.TokenBucket(MESSAGE_RATE, MESSAGE_BURST, now)
-        self.frame_bucket = protocol.TokenBucket(FRAME_RATE, FRAME_BURST, now)
         self.last_id = state.last_seq if after is None else min(after, state.last_seq)
         if self.last_id < state.last_seq:
             self.offer({"type": "hub.sync", "upto": state.last_seq})  # catch-up, before live ones
@@ -105,7 +116,7 @@ class ChatSocket(Socket):
         self.joined = False
         hub = get_hub()
         await hub.leave(self.room, self)
-        if hasattr(self, "room_id"):
+        if getattr(self, "room_id", None) is not None:
             try:
                 await db.background(services.presence_leave)(conn_id=self.conn_id)
                 if hub.started:
@@ -117,6 +128,9 @@ class ChatSocket(Socket):
 
     async def frame(self, text: str | None, data: bytes | None) -> None:
         now = time.monotonic()
+        if self.frame_bucket is None or self.message_bucket is None:
+            self.frame_bucket = protocol.TokenBucket(FRAME_RATE, FRAME_BURST, now)
+            self.message_bucket = protocol.TokenBucket(MESSAGE_RATE, MESSAGE_BURST, now)
         wait = self.frame_bucket.take(now)
         if wait:
             return self._error(protocol.rate_limited(wait))

@@ -115,26 +115,38 @@ def session_key_from(scope: Scope) -> str | None:
 
 
 class SocketRouter:
-    """Routes a socket by path and authenticates it: sets ``scope["url_route"]``,
-    ``scope["user"]`` (or None), ``scope["session_key"]`` and, for a bearer token that does not
-    authenticate, ``scope["auth_error"]`` (the socket closes with 4401). Tokens in the URL are never
-    read.
+    """Checks the Origin, routes a socket by path and authenticates it, then hands the connection
+    to its :class:`~hubbub.realtime.sockets.Socket` class. Sets ``scope["route"]`` (the path's named
+    groups), ``scope["user"]`` (or None), ``scope["session_key"]`` and, for a bearer token that does
+    not authenticate, ``scope["auth_error"]`` (the socket closes with 4401). Tokens in the URL are
+    never read.
 
-    One database call per handshake and no copy of the scope: Channels' URLRouter, cookie, session
-    and auth middlewares take a copy each and keep a session object per socket, several KB for
-    every idle connection (docs/performance.md).
+    One database call per handshake, no copy of the scope and no middleware frames kept alive for
+    the connection's lifetime: Channels' URLRouter, cookie, session and auth middlewares took a copy
+    each and kept a session object per socket, several KB for every idle connection
+    (docs/performance.md).
     """
 
     def __init__(self, routes: list[tuple[str, Any]], fallback: Any) -> None:
-        self.routes = [(re.compile(pattern), app) for pattern, app in routes]
+        self.routes = [(re.compile(pattern), cls) for pattern, cls in routes]
         self.fallback = fallback
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
-        path = scope["path"].lstrip("/")
-        matches = ((pattern.match(path), app) for pattern, app in self.routes)
-        match, app = next(((m, a) for m, a in matches if m is not None), (None, self.fallback))
+    def _route(self, path: str) -> tuple[re.Match[str] | None, Any]:
+        for pattern, cls in self.routes:
+            match = pattern.match(path)
+            if match is not None:
+                return match, cls
+        return None, None
+
+    async def open(self, scope: Scope, receive: Any, send: Any) -> Any:
+        """The Socket for this connection, or None when it was refused at the handshake."""
+        if not origin_allowed(_header(scope, b"origin"), settings.ALLOWED_HOSTS):
+            await WebsocketDenier()(scope, receive, send)
+            return None
+        match, cls = self._route(scope["path"].lstrip("/"))
         if match is None:
-            return await self.fallback(scope, receive, send)
+            await self.fallback(scope, receive, send)
+            return None
         header = _header(scope, b"authorization")
         bearer = None if header is None else header.decode("latin-1")
         session_key = None if bearer is not None else session_key_from(scope)
@@ -142,8 +154,13 @@ class SocketRouter:
             auth = SocketAuth(None, None, None)
         else:
             auth = await db.run(authenticate_socket)(bearer=bearer, session_key=session_key)
-        scope["url_route"] = {"args": (), "kwargs": match.groupdict()}
+        scope["route"] = match.groupdict()
         scope["user"], scope["session_key"] = auth.user, auth.session_key
         if auth.error is not None:
             scope["auth_error"] = auth.error
-        return await app(scope, receive, send)
+        return cls(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        socket = await self.open(scope, receive, send)
+        if socket is not None:
+            await socket.run()

@@ -40,6 +40,8 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
+HANDSHAKE_ONLY = ("headers", "user", "route", "subprotocols", "state", "extensions", "session_key",
+                  "auth_error")
 OUTBOX_LIMIT = 2000  # events waiting for one socket; past this the client is not reading
 
 
@@ -76,13 +78,24 @@ class _Resume:
 
 
 class Socket:
-    """One connection. Subclasses implement :meth:`connect`, :meth:`frame`, :meth:`handle`."""
+    """One connection. Subclasses implement :meth:`connect`, :meth:`frame`, :meth:`handle`.
 
-    # Attributes the hub reads (see hub.Subscriber).
-    conn_id: str = ""
-    rich: bool = False
-    actor_key: str = ""
-    session_key: str | None = None
+    Sockets use ``__slots__``: tens of thousands of idle ones are the common case.
+    """
+
+    __slots__ = (
+        "_asgi_send",
+        "_receive",
+        "accepted",
+        "actor_key",
+        "closing",
+        "conn_id",
+        "drainer",
+        "outbox",
+        "rich",
+        "scope",
+        "session_key",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -92,14 +105,11 @@ class Socket:
         self.closing = False
         self.outbox: deque[dict[str, Any]] | None = None  # created when first needed
         self.drainer: asyncio.Task[None] | None = None
-
-    @classmethod
-    def as_asgi(cls) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await cls(scope, receive, send).run()
-
-        app.__name__ = cls.__name__
-        return app
+        # What the hub reads (see hub.Subscriber).
+        self.conn_id = ""
+        self.rich = False
+        self.actor_key = ""
+        self.session_key: str | None = None
 
     # -- the connection's task ------------------------------------------------------------------
 
@@ -109,6 +119,10 @@ class Socket:
             if message["type"] != "websocket.connect":
                 return
             await self.connect()
+            # What the handshake needed is not needed again, and an idle socket should not keep it
+            # (the server keeps its own reference to this scope dict, for its logs: path, client).
+            for key in HANDSHAKE_ONLY:
+                self.scope.pop(key, None)
             while True:
                 message = await self._receive()
                 kind = message["type"]

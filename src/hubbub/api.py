@@ -15,16 +15,37 @@ from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 from ninja.utils import check_csrf
 from pydantic import Field
 
 from hubbub import metrics
 from hubbub.accounts import services as account_services
+from hubbub.accounts import throttle
 from hubbub.accounts.actors import Actor, actor_for_user, actor_from
 from hubbub.chat import selectors, services
-from hubbub.errors import Forbidden, HubbubError, NotFound, Unauthorized
+from hubbub.errors import Forbidden, HubbubError, NotFound, RateLimited, Unauthorized
 
-api = NinjaAPI(
+
+class HubbubApi(NinjaAPI):
+    """Adds what django-ninja cannot infer to the schema: how callers authenticate. Hubbub checks
+    credentials itself (:func:`caller`); guests need none, so every scheme is optional."""
+
+    def get_openapi_schema(self, *, path_prefix: str | None = None,
+                           path_params: dict[str, Any] | None = None) -> OpenAPISchema:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "a token from POST /api/auth/token or `hubbub token create`"},
+            "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME,
+                        "description": "the browser session; unsafe methods also need the "
+                                       "csrftoken cookie's value in X-CSRFToken"},
+        }
+        schema["security"] = [{"bearer": []}, {"session": []}, {}]
+        return schema
+
+
+api = HubbubApi(
     title="Hubbub",
     version="1",
     description="Stored, gapless chat rooms over WebSocket. See docs/api.md and docs/protocol.md.",
@@ -42,6 +63,10 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> JsonRes
 
 @api.exception_handler(HubbubError)
 def _domain_error(request: HttpRequest, exc: HubbubError) -> HttpResponse:
+    if isinstance(exc, RateLimited):
+        response = error_response(exc.status, exc.code, exc.detail, retry_after=exc.retry_after)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     return error_response(exc.status, exc.code, exc.detail)
 
 
@@ -76,6 +101,12 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 class ErrorOut(Schema):
     error: str
     detail: str
+
+
+class RateLimitedOut(Schema):
+    error: str
+    detail: str
+    retry_after: int = Field(ge=1, description="seconds; also sent as the Retry-After header")
 
 
 class Credentials(Schema):
@@ -202,11 +233,30 @@ def signup(request: HttpRequest, body: Credentials) -> Status[dict[str, str]]:
     return Status(201, {"username": user.get_username()})
 
 
-@api.post("/auth/login", response={200: UserOut, **ERRORS}, tags=["auth"])
-def login_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
+def _sign_in(request: HttpRequest, body: Credentials) -> User:
+    """The user ``body`` names if the password is right, under the sign-in throttle
+    (accounts/throttle.py): too many failures for the name or from the address → 429."""
+    address = request.META.get("REMOTE_ADDR") or None
+    throttled = throttle.check(username=body.username, address=address)
+    if throttled is not None:
+        raise RateLimited(f"too many failed sign-ins; try again in {throttled.retry_after} s",
+                          retry_after=throttled.retry_after)
     user = authenticate(request, username=body.username, password=body.password)
     if user is None:
+        throttle.record_failure(username=body.username, address=address)
         raise Unauthorized("wrong username or password")
+    throttle.clear(username=body.username)
+    return user
+
+
+SIGN_IN_ERRORS: dict[int, type[Schema]] = {**ERRORS, 429: RateLimitedOut}
+
+
+@api.post("/auth/login", response={200: UserOut, **SIGN_IN_ERRORS}, tags=["auth"])
+def login_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
+    """Starts a session. After 5 failed sign-ins for a name, or 20 from one address, within 5
+    minutes: 429 ``rate_limited`` with ``retry_after`` (this and ``/auth/token`` count together)."""
+    user = _sign_in(request, body)
     login(request, user)
     return {"username": user.get_username()}
 
@@ -219,11 +269,10 @@ def logout_view(request: HttpRequest) -> dict[str, bool]:
     return {"ok": True}
 
 
-@api.post("/auth/token", response={200: TokenOut, **ERRORS}, tags=["auth"])
+@api.post("/auth/token", response={200: TokenOut, **SIGN_IN_ERRORS}, tags=["auth"])
 def token_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
-    user = authenticate(request, username=body.username, password=body.password)
-    if user is None:
-        raise Unauthorized("wrong username or password")
+    """A new bearer token; the same sign-in throttle as ``/auth/login``."""
+    user = _sign_in(request, body)
     return {"token": account_services.token_create(user=user)}
 
 

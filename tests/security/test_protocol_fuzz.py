@@ -169,7 +169,10 @@ def test_escape_soup_inside_a_string_field(parts: list[str], field: str) -> None
     # Unicode escapes (lone and paired surrogates, NUL, broken escapes, bidi and BOM characters)
     # inside a string field, as raw JSON text.
     raw = "".join(parts)
-    text = '{"message":"hi","' + field + '":"' + raw + '"}' if field != "message" else '{"message":"' + raw + '"}'
+    if field == "message":
+        text = '{"message":"' + raw + '"}'
+    else:
+        text = '{"message":"hi","' + field + '":"' + raw + '"}'
     check(parse_frame(text, None, max_chars=4000), 4000)
 
 
@@ -207,7 +210,7 @@ ROOM_CHARS = set(string.ascii_letters + string.digits + "_-")
 
 
 @FUZZ
-@given(name=st.text(max_size=80) | st.text(alphabet=sorted(ROOM_CHARS) + ["\n", "/", ".", " "], max_size=70))
+@given(name=st.text(max_size=80) | st.text(alphabet=[*sorted(ROOM_CHARS), "\n", "/", ".", " "], max_size=70))
 def test_room_names_are_exactly_the_documented_pattern(name: str) -> None:
     assert valid_room_name(name) == (1 <= len(name) <= 64 and set(name) <= ROOM_CHARS)
 

@@ -14,7 +14,6 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
@@ -29,8 +28,9 @@ SOCKETS = 4
 FRAMES_PER_SOCKET = 110  # bad frames; a valid post after every 10th
 PACE = 1 / 20  # seconds between frames on one socket: under the 30/s per-connection frame limit
 WHITESPACE = " \t\n\r\x0b\x0c\u3000\u2028\u2029\u00a0\u1680\u2003"
-ODD_VALID = ["\u202eevil.exe\u202c", "zero\u200bwidth", "e\u0301\u0301\u0301", "\U0001f600\U0001f469\u200d\U0001f4bb",
-             "\ufeffbom", "<script>alert(1)</script>", "'; DROP TABLE chat_message; --", "\u0000"[:0] + "x",
+ODD_VALID = ["\u202eevil.exe\u202c", "zero\u200bwidth", "e\u0301\u0301\u0301",
+             "\U0001f600\U0001f469\u200d\U0001f4bb", "\ufeffbom", "<script>alert(1)</script>",
+             "'; DROP TABLE chat_message; --", "x",
              "\\ud800 as text", "\u00ff\u0100\uffff", "{\"message\":\"nested\"}", "\U0010ffff"]
 
 
@@ -92,8 +92,9 @@ def bad_frame(rng: random.Random, n: int) -> Sent:
         return Sent(json.dumps({"type": name}), frozenset({"unknown_type"}))
     if kind == 6:
         frame = rng.choice([
-            {"message": "x", "room": "other"}, {"message": "x", "user": "admin"}, {"type": "ping", "message": "x"},
-            {"type": "typing", "user": "someone"}, {"message": "x", "id": 1}, {"type": "history", "room": "x"},
+            {"message": "x", "room": "other"}, {"message": "x", "user": "admin"},
+            {"type": "ping", "message": "x"}, {"type": "typing", "user": "someone"},
+            {"message": "x", "id": 1}, {"type": "history", "room": "x"},
             {"message": "x", "__proto__": {"admin": True}},
         ])
         return Sent(json.dumps(frame), bad)

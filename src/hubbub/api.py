@@ -7,13 +7,13 @@ Every error is ``{"error": code, "detail": text}``: never an HTML page, never a 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI, Query, Schema, Status
+from ninja import NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.schema import OpenAPISchema
 from ninja.utils import check_csrf
@@ -131,8 +131,12 @@ class OkOut(Schema):
     ok: bool
 
 
+ROOM_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # protocol.ROOM_NAME_RE, for the schema
+RoomName = Annotated[str, Path(pattern=ROOM_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
+
+
 class RoomIn(Schema):
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, pattern=ROOM_PATTERN)
     private: bool = False
 
 
@@ -306,14 +310,14 @@ def rooms_create(request: HttpRequest, body: RoomIn) -> Status[dict[str, Any]]:
 
 
 @api.post("/rooms/{room}/members", response={200: MemberOut, 201: MemberOut, **ERRORS}, tags=["rooms"])
-def members_add(request: HttpRequest, room: str, body: MemberIn) -> Status[dict[str, str]]:
+def members_add(request: HttpRequest, room: RoomName, body: MemberIn) -> Status[dict[str, str]]:
     actor = caller(request, need_user=True)
     created = services.member_add(actor=actor, room_name=room, username=body.username)
     return Status(201 if created else 200, {"room": room, "username": body.username})
 
 
 @api.delete("/rooms/{room}/members/{username}", response={200: OkOut, **ERRORS}, tags=["rooms"])
-def members_remove(request: HttpRequest, room: str, username: str) -> dict[str, bool]:
+def members_remove(request: HttpRequest, room: RoomName, username: str) -> dict[str, bool]:
     """The owner removes a member; the member's open sockets in the room are closed (4403)."""
     actor = caller(request, need_user=True)
     services.member_remove(actor=actor, room_name=room, username=username)
@@ -324,7 +328,7 @@ def members_remove(request: HttpRequest, room: str, username: str) -> dict[str, 
 
 
 @api.get("/rooms/{room}/messages", response={200: MessagesOut, **ERRORS}, tags=["messages"])
-def messages_list(request: HttpRequest, room: str, page: Query[PageQuery]) -> dict[str, Any]:
+def messages_list(request: HttpRequest, room: RoomName, page: Query[PageQuery]) -> dict[str, Any]:
     actor = caller(request)
     if page.after is not None and page.before is not None:
         raise HttpError(400, "give 'after' or 'before', not both")
@@ -341,7 +345,7 @@ def messages_list(request: HttpRequest, room: str, page: Query[PageQuery]) -> di
 
 @api.post("/rooms/{room}/messages", response={200: MessageEvent, 201: MessageEvent, **ERRORS},
           tags=["messages"])
-def messages_post(request: HttpRequest, room: str, body: MessageIn) -> HttpResponse:
+def messages_post(request: HttpRequest, room: RoomName, body: MessageIn) -> HttpResponse:
     """Stores the message and delivers it live to the room's sockets on every instance.
     Repeating a ``client_id`` stores nothing new and answers 200 with the stored event."""
     actor = caller(request)

@@ -33,7 +33,7 @@ from tests.live.servers import HubbubServer
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(400)]
 
-EXAMPLES = 20  # per operation, per mode, per caller
+EXAMPLES = 30  # per operation, per mode, per caller
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 

@@ -78,7 +78,8 @@ async def test_no_secret_appears_in_the_servers_output(data_dir: Path, debug: st
             await in_url.close()
             await bearer.close()
             await cookie.close()
-            out = await browser.post("/api/auth/logout", headers={"X-CSRFToken": browser.cookies["csrftoken"]})
+            csrf = {"X-CSRFToken": browser.cookies["csrftoken"]}
+            out = await browser.post("/api/auth/logout", headers=csrf)
             assert out.status_code == 200
     finally:
         code = server.stop()

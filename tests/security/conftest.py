@@ -6,4 +6,4 @@ and stop it. The live fixtures are shared with tests/live.
 
 from __future__ import annotations
 
-from tests.live.conftest import data_dir, embedded  # noqa: F401 - fixtures re-exported
+from tests.live.conftest import cluster, data_dir, embedded  # noqa: F401 - fixtures re-exported

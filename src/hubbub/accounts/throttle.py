@@ -73,4 +73,6 @@ def record_failure(*, username: str, address: str | None) -> None:
 def clear(*, username: str) -> None:
     """A successful sign-in forgets that name's failures (not its address's)."""
     user_key, _ = _keys(username, None)
-    LoginFailure.objects.filter(key=user_key).delete()
+    failures = LoginFailure.objects.filter(key=user_key)
+    if failures.exists():  # a read first: most sign-ins follow no failure and need no write lock
+        failures.delete()

@@ -7,24 +7,45 @@ Every error is ``{"error": code, "detail": text}``: never an HTML page, never a 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from ninja import NinjaAPI, Query, Schema, Status
+from ninja import NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 from ninja.utils import check_csrf
 from pydantic import Field
 
 from hubbub import metrics
 from hubbub.accounts import services as account_services
+from hubbub.accounts import throttle
 from hubbub.accounts.actors import Actor, actor_for_user, actor_from
 from hubbub.chat import selectors, services
-from hubbub.errors import Forbidden, HubbubError, NotFound, Unauthorized
+from hubbub.errors import Forbidden, HubbubError, NotFound, RateLimited, Unauthorized
 
-api = NinjaAPI(
+
+class HubbubApi(NinjaAPI):
+    """Adds what django-ninja cannot infer to the schema: how callers authenticate. Hubbub checks
+    credentials itself (:func:`caller`); guests need none, so every scheme is optional."""
+
+    def get_openapi_schema(self, *, path_prefix: str | None = None,
+                           path_params: dict[str, Any] | None = None) -> OpenAPISchema:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "a token from POST /api/auth/token or `hubbub token create`"},
+            "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME,
+                        "description": "the browser session; unsafe methods also need the "
+                                       "csrftoken cookie's value in X-CSRFToken"},
+        }
+        schema["security"] = [{"bearer": []}, {"session": []}, {}]
+        return schema
+
+
+api = HubbubApi(
     title="Hubbub",
     version="1",
     description="Stored, gapless chat rooms over WebSocket. See docs/api.md and docs/protocol.md.",
@@ -42,6 +63,10 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> JsonRes
 
 @api.exception_handler(HubbubError)
 def _domain_error(request: HttpRequest, exc: HubbubError) -> HttpResponse:
+    if isinstance(exc, RateLimited):
+        response = error_response(exc.status, exc.code, exc.detail, retry_after=exc.retry_after)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     return error_response(exc.status, exc.code, exc.detail)
 
 
@@ -78,6 +103,12 @@ class ErrorOut(Schema):
     detail: str
 
 
+class RateLimitedOut(Schema):
+    error: str
+    detail: str
+    retry_after: int = Field(ge=1, description="seconds; also sent as the Retry-After header")
+
+
 class Credentials(Schema):
     username: str = Field(max_length=150)
     password: str = Field(max_length=1024)
@@ -100,8 +131,12 @@ class OkOut(Schema):
     ok: bool
 
 
+ROOM_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # protocol.ROOM_NAME_RE, for the schema
+RoomName = Annotated[str, Path(pattern=ROOM_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
+
+
 class RoomIn(Schema):
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, pattern=ROOM_PATTERN)
     private: bool = False
 
 
@@ -202,11 +237,30 @@ def signup(request: HttpRequest, body: Credentials) -> Status[dict[str, str]]:
     return Status(201, {"username": user.get_username()})
 
 
-@api.post("/auth/login", response={200: UserOut, **ERRORS}, tags=["auth"])
-def login_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
+def _sign_in(request: HttpRequest, body: Credentials) -> User:
+    """The user ``body`` names if the password is right, under the sign-in throttle
+    (accounts/throttle.py): too many failures for the name or from the address → 429."""
+    address = request.META.get("REMOTE_ADDR") or None
+    throttled = throttle.check(username=body.username, address=address)
+    if throttled is not None:
+        raise RateLimited(f"too many failed sign-ins; try again in {throttled.retry_after} s",
+                          retry_after=throttled.retry_after)
     user = authenticate(request, username=body.username, password=body.password)
     if user is None:
+        throttle.record_failure(username=body.username, address=address)
         raise Unauthorized("wrong username or password")
+    throttle.clear(username=body.username)
+    return user
+
+
+SIGN_IN_ERRORS: dict[int, type[Schema]] = {**ERRORS, 429: RateLimitedOut}
+
+
+@api.post("/auth/login", response={200: UserOut, **SIGN_IN_ERRORS}, tags=["auth"])
+def login_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
+    """Starts a session. After 5 failed sign-ins for a name, or 20 from one address, within 5
+    minutes: 429 ``rate_limited`` with ``retry_after`` (this and ``/auth/token`` count together)."""
+    user = _sign_in(request, body)
     login(request, user)
     return {"username": user.get_username()}
 
@@ -219,11 +273,10 @@ def logout_view(request: HttpRequest) -> dict[str, bool]:
     return {"ok": True}
 
 
-@api.post("/auth/token", response={200: TokenOut, **ERRORS}, tags=["auth"])
+@api.post("/auth/token", response={200: TokenOut, **SIGN_IN_ERRORS}, tags=["auth"])
 def token_view(request: HttpRequest, body: Credentials) -> dict[str, str]:
-    user = authenticate(request, username=body.username, password=body.password)
-    if user is None:
-        raise Unauthorized("wrong username or password")
+    """A new bearer token; the same sign-in throttle as ``/auth/login``."""
+    user = _sign_in(request, body)
     return {"token": account_services.token_create(user=user)}
 
 
@@ -257,14 +310,14 @@ def rooms_create(request: HttpRequest, body: RoomIn) -> Status[dict[str, Any]]:
 
 
 @api.post("/rooms/{room}/members", response={200: MemberOut, 201: MemberOut, **ERRORS}, tags=["rooms"])
-def members_add(request: HttpRequest, room: str, body: MemberIn) -> Status[dict[str, str]]:
+def members_add(request: HttpRequest, room: RoomName, body: MemberIn) -> Status[dict[str, str]]:
     actor = caller(request, need_user=True)
     created = services.member_add(actor=actor, room_name=room, username=body.username)
     return Status(201 if created else 200, {"room": room, "username": body.username})
 
 
 @api.delete("/rooms/{room}/members/{username}", response={200: OkOut, **ERRORS}, tags=["rooms"])
-def members_remove(request: HttpRequest, room: str, username: str) -> dict[str, bool]:
+def members_remove(request: HttpRequest, room: RoomName, username: str) -> dict[str, bool]:
     """The owner removes a member; the member's open sockets in the room are closed (4403)."""
     actor = caller(request, need_user=True)
     services.member_remove(actor=actor, room_name=room, username=username)
@@ -275,7 +328,7 @@ def members_remove(request: HttpRequest, room: str, username: str) -> dict[str, 
 
 
 @api.get("/rooms/{room}/messages", response={200: MessagesOut, **ERRORS}, tags=["messages"])
-def messages_list(request: HttpRequest, room: str, page: Query[PageQuery]) -> dict[str, Any]:
+def messages_list(request: HttpRequest, room: RoomName, page: Query[PageQuery]) -> dict[str, Any]:
     actor = caller(request)
     if page.after is not None and page.before is not None:
         raise HttpError(400, "give 'after' or 'before', not both")
@@ -292,7 +345,7 @@ def messages_list(request: HttpRequest, room: str, page: Query[PageQuery]) -> di
 
 @api.post("/rooms/{room}/messages", response={200: MessageEvent, 201: MessageEvent, **ERRORS},
           tags=["messages"])
-def messages_post(request: HttpRequest, room: str, body: MessageIn) -> HttpResponse:
+def messages_post(request: HttpRequest, room: RoomName, body: MessageIn) -> HttpResponse:
     """Stores the message and delivers it live to the room's sockets on every instance.
     Repeating a ``client_id`` stores nothing new and answers 200 with the stored event."""
     actor = caller(request)

@@ -244,7 +244,16 @@ def cmd_manage(args: argparse.Namespace) -> int:
     _setup()
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(["hubbub manage", *args.args])
+    try:
+        execute_from_command_line(["hubbub manage", *args.args])
+    finally:
+        # A command that deactivated or deleted a user, or posted, queued an event on the
+        # background publisher's daemon thread; hand it to Redis before the process exits, or the
+        # users' open sockets would only close at the servers' next re-check (found by
+        # tests/security/test_socket_security.py).
+        from hubbub.realtime.hub import flush_background
+
+        flush_background(2.0)
     return 0
 
 

@@ -66,3 +66,14 @@ class TooLarge(HubbubError):
 class NotReady(HubbubError):
     code = "not_ready"
     status = 409
+
+
+class RateLimited(HubbubError):
+    """Too many attempts: try again in ``retry_after`` seconds (also sent as ``Retry-After``)."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

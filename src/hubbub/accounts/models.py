@@ -14,3 +14,18 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"token of {self.user_id}"
+
+
+class LoginFailure(models.Model):
+    """One failed sign-in (``/api/auth/login`` or ``/api/auth/token``), kept for the throttle's
+    window (accounts/throttle.py). ``key`` is ``user:<name>`` or ``ip:<address>``. In the database
+    so that every instance sees every instance's failures."""
+
+    key = models.CharField(max_length=200)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "at"], name="login_failure_key_at")]
+
+    def __str__(self) -> str:
+        return f"{self.key} at {self.at}"

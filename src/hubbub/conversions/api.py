@@ -119,7 +119,12 @@ def cancel(request: HttpRequest, job_id: str) -> dict[str, Any]:
     return services.job_out(services.job_cancel(actor=caller(request), job_id=job_id))
 
 
-@router.get("/{job_id}/result", response={**ERRORS, 409: ErrorOut})
+# The 200 answer is the file itself (any content type): say so, since ninja cannot infer it.
+RESULT_200 = {"responses": {"200": {"description": "the converted file, as an attachment",
+                                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}}
+
+
+@router.get("/{job_id}/result", response={**ERRORS, 409: ErrorOut}, openapi_extra=RESULT_200)
 def result(request: HttpRequest, job_id: str) -> FileResponse:
     """The converted file, as an attachment, once the job is done (409 before)."""
     from hubbub.api import caller

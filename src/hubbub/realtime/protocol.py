@@ -74,6 +74,17 @@ _ALLOWED_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates: a Python string, but not Unicode text.
+    No database and no UTF-8 encoder accepts them, so they are refused like NUL (found by fuzzing:
+    they were a server_error on the socket and a 500 over HTTP)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def valid_room_name(name: str) -> bool:
     return ROOM_NAME_RE.fullmatch(name) is not None
 
@@ -85,6 +96,8 @@ def validate_message(text: str, max_chars: int) -> ProtocolError | None:
     if "\x00" in text:
         # PostgreSQL text cannot hold NUL; refuse it the same way on every database.
         return ProtocolError("bad_frame", "the message contains a NUL character")
+    if _has_lone_surrogate(text):
+        return ProtocolError("bad_frame", "the message contains a lone surrogate (not valid Unicode)")
     if len(text) > max_chars:
         return ProtocolError(
             "too_long", f"the message has {len(text)} characters; the limit is {max_chars}"
@@ -101,6 +114,8 @@ def validate_client_id(value: object) -> ProtocolError | None:
         return ProtocolError("bad_frame", f"client_id must be at most {MAX_CLIENT_ID} characters")
     if "\x00" in value:
         return ProtocolError("bad_frame", "client_id contains a NUL character")
+    if _has_lone_surrogate(value):
+        return ProtocolError("bad_frame", "client_id contains a lone surrogate (not valid Unicode)")
     return None
 
 

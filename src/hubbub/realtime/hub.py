@@ -21,6 +21,7 @@ One hub per server process. It is the only user of the channel layer on the mess
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import threading
@@ -588,6 +589,9 @@ def background_publisher() -> Hub:
             if not ready.wait(10):
                 raise RuntimeError("the Hubbub publisher thread did not start")
             _publisher = hub
+            # A process that publishes and exits at once (a script, `hubbub manage`) must not drop
+            # what is still queued: its daemon thread would die with it.
+            atexit.register(flush_background, 2.0)
         return _publisher
 
 

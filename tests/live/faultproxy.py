@@ -40,6 +40,9 @@ class ProxyStats:
     bytes_down: int = 0  # target -> client
 
 
+Chunks = asyncio.Queue[tuple[float, bytes] | None]
+
+
 class _Link:
     """One proxied connection: the client's stream pair and the target's."""
 
@@ -52,11 +55,11 @@ class _Link:
 
     def start(self) -> None:
         for src, dst, up in ((self.client[0], self.target[1], True), (self.target[0], self.client[1], False)):
-            queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+            queue: Chunks = asyncio.Queue()
             self.tasks.append(asyncio.ensure_future(self._read(src, queue)))
             self.tasks.append(asyncio.ensure_future(self._write(dst, queue, up)))
 
-    async def _read(self, src: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes] | None]) -> None:
+    async def _read(self, src: asyncio.StreamReader, queue: Chunks) -> None:
         try:
             while True:
                 data = await src.read(65536)
@@ -68,8 +71,7 @@ class _Link:
         finally:
             await queue.put(None)
 
-    async def _write(self, dst: asyncio.StreamWriter, queue: asyncio.Queue[tuple[float, bytes] | None],
-                     up: bool) -> None:
+    async def _write(self, dst: asyncio.StreamWriter, queue: Chunks, up: bool) -> None:
         try:
             while True:
                 item = await queue.get()

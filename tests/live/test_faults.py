@@ -178,7 +178,7 @@ async def test_kill_9_a_worker_mid_job_under_load_each_job_ends_once(farm_no_wor
         try:
             jobs: list[str] = []
             for n in range(3):
-                answer = await kit.upload(f.a if n % 2 else f.b, kit.heavy_pdf(120), f"doc{n}.pdf", "png",
+                answer = await kit.upload(f.a if n % 2 else f.b, kit.heavy_pdf(80), f"doc{n}.pdf", "png",
                                           token=token, room=room)
                 assert answer.status_code == 202, answer.text
                 jobs.append(answer.json()["id"])
@@ -303,8 +303,22 @@ async def test_postgres_connections_cut_and_refused_under_load(proxied: Proxied)
                     readyz_refused += [await readyz(s) for s in p.servers]
                     await asyncio.sleep(0.3)
             load.alive()
+            await asyncio.sleep(1.5)
+            # A storm of resets: some land in the middle of a transaction or of its COMMIT.
+            storm = 0
+            for _ in range(8):
+                storm += p.pg.cut()
+                await asyncio.sleep(0.25)
+            figures.faults.append(f"8 resets 0.25 s apart ({storm} connections)")
+            load.alive()
+            # A stall: queries hang (no answer, no error) for 2 s, then go through.
+            p.pg.stall()
+            figures.faults.append("PostgreSQL stalled 2 s")
+            await asyncio.sleep(2.0)
+            p.pg.resume()
+            load.alive()
             back_at = time.monotonic()
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(2.0)
             await load.finish()
             await load.verify(p.a, figures)
             await wait_ready(p.servers, max(1.0, back_at + 10 - time.monotonic()))

@@ -329,6 +329,10 @@ async def test_postgres_connections_cut_and_refused_under_load(proxied: Proxied)
     errors = sum(c.server_errors for c in load.clients)
     assert errors > 0, "no post met the outage: the fault was not felt"
     assert 503 in readyz_refused, f"/readyz while PostgreSQL refused: {readyz_refused}"
+    for server in p.servers:  # the failures were logged (with tracebacks), the secrets were not
+        log = server.log_path.read_text(errors="replace")
+        assert "OperationalError" in log, server.log_tail()
+        assert token not in log and token.split("_")[-1][:16] not in log, f"{server.name} logged the token"
     figures.print()
 
 

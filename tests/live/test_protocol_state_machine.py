@@ -53,8 +53,8 @@ T = TypeVar("T")
 USERS = ("ursula", "victor")
 CLIENTS_PER_USER = 2
 MAX_RESTARTS = 1  # per example: a restart costs a server start (1-3 s)
-EXAMPLES = 20
-STEPS = 25
+EXAMPLES = 12
+STEPS = 20
 
 
 # -- the world the machine runs in: servers and an event loop of its own ---------------------------

@@ -12,7 +12,8 @@ Controls (safe from any thread):
 * ``latency(seconds)``: delay every chunk, both ways, by that much (0: none).
 * ``stall()``: stop forwarding; bytes already read are held (both ways) until ``resume()``.
 * ``cut()``: reset every open connection at once (RST, no FIN), both sides.
-* ``refuse()``: close the listening socket: new connections get ECONNREFUSED (open ones stay).
+* ``refuse()``: close the listening socket: new connections are refused (ECONNREFUSED; on some
+  hosts the SYN goes unanswered and the client's connect times out). Open ones stay.
 * ``resume()``: forward again, listen again on the same port, no latency.
 
 ``stats`` counts what happened (accepted connections, resets, bytes each way).
@@ -82,12 +83,12 @@ class _Link:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self.proxy._flowing.wait()
-                dst.write(data)
-                await dst.drain()
                 if up:
                     self.proxy.stats.bytes_up += len(data)
                 else:
                     self.proxy.stats.bytes_down += len(data)
+                dst.write(data)
+                await dst.drain()
             # The source closed: pass the half-close on.
             with contextlib.suppress(OSError, RuntimeError):
                 if dst.can_write_eof():

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest lock clean bench
+.PHONY: run test lint typecheck pytest lock clean bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ pytest: $(DEV_STAMP)
 # `make bench FULL=1` the full one (under 25). Needs redis-server and PostgreSQL on 127.0.0.1:5432.
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run $(if $(FULL),,--quick)
+
+# The soak (bench/soak.py): 5,000 sockets with steady traffic against two instances on Redis and
+# PostgreSQL for 30 minutes (SOAK_MINUTES=3 for a short one); memory, file descriptors and threads
+# must stay flat and every message must arrive once. Not part of `make test`.
+soak: $(DEV_STAMP)
+	$(BIN)/python -m bench.soak
 
 # Re-pin every dependency (needs `uv`: pip install uv).
 lock:

@@ -14,28 +14,25 @@ from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.urls import re_path  # noqa: E402
 
-from hubbub.conversions.consumers import JobConsumer  # noqa: E402
-from hubbub.realtime.consumers import ChatConsumer, RefuseConsumer  # noqa: E402
+from hubbub.conversions.consumers import JobSocket  # noqa: E402
+from hubbub.realtime.consumers import ChatSocket, refuse_socket  # noqa: E402
 from hubbub.realtime.hub import get_hub  # noqa: E402
-from hubbub.realtime.middleware import socket_stack  # noqa: E402
+from hubbub.realtime.middleware import OriginCheckMiddleware, SocketRouter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# The room pattern is deliberately wide: a bad name gets close code 4400 from the consumer
-# (a clear answer) instead of a routing failure.
-websocket_urlpatterns = [
-    re_path(r"^ws/chat/(?P<room>[^/]*)/?$", ChatConsumer.as_asgi()),
-    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", JobConsumer.as_asgi()),
-    re_path(r"", RefuseConsumer.as_asgi()),  # any other path: refused at the handshake (403)
-]
+# The room pattern is deliberately wide: a bad name gets close code 4400 from the socket (a clear
+# answer) instead of a routing failure. Any other path is refused at the handshake (HTTP 403).
+sockets = OriginCheckMiddleware(SocketRouter(
+    [(r"^ws/chat/(?P<room>[^/]*)/?$", ChatSocket.as_asgi()),
+     (r"^ws/jobs/(?P<job_id>[^/]+)/?$", JobSocket.as_asgi())],
+    fallback=refuse_socket,
+))
 
-router = ProtocolTypeRouter(
-    {"http": django_app, "websocket": socket_stack(URLRouter(websocket_urlpatterns))}
-)
+router = ProtocolTypeRouter({"http": django_app, "websocket": sockets})
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -87,6 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # signal again; with the default handler that kills the process (status -15). Make the
     # re-raised SIGTERM a normal exit, as the contract asks: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    import hubbub.asgi  # noqa: F401  (loaded before the freeze below)
+
+    _freeze_heap()
     uvicorn.run(
         "hubbub.asgi:application",
         host=args.host,
@@ -108,6 +111,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _freeze_heap() -> None:
+    """Move everything loaded at start-up (Django, the app, the converters' libraries) out of the
+    cyclic GC's reach: it would otherwise rescan that heap again and again during
+    allocation-heavy work (a Markdown conversion ran 0.39 s → 0.28 s; docs/performance.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _read_password_stdin() -> str:
@@ -165,6 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from hubbub.conversions.worker import Worker
 
     worker = Worker()
+    _freeze_heap()
 
     def stop(signum: int, frame: object) -> None:
         worker.stop()  # the current job is given back (released), then we exit 0

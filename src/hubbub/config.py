@@ -9,11 +9,13 @@ settings module builds on :func:`load`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from typing import Literal
+from urllib.parse import SplitResult, unquote, urlsplit
 
 
 class ConfigError(ValueError):
@@ -24,13 +26,15 @@ class ConfigError(ValueError):
 class Config:
     data_dir: Path
     database_url: str | None
-    redis_url: str | None
+    redis_url: str | None  # as given; see ``redis`` for what it means
+    redis: RedisTarget | None
     secret_key: str
     allowed_hosts: tuple[str, ...]
     allow_guests: bool
     max_message_chars: int
     max_upload_mb: int
     debug: bool
+    max_sockets_per_user: int = 50
 
     @property
     def sqlite_path(self) -> Path:
@@ -101,14 +105,40 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     )
 
 
-def _redis_url(env: Mapping[str, str]) -> str | None:
-    raw = env.get("REDIS_URL")
-    if raw is None or raw.strip() == "":
-        return None
-    url = raw.strip()
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is, from ``REDIS_URL`` (docs/deployment.md):
+
+    * ``single``: one ``redis://host:port/db`` URL (the contract's form);
+    * ``sharded``: a comma-separated list of such URLs. The channel layer spreads rooms over them
+      by consistent hashing of the room's group name, so every process must list the same URLs
+      in the same order; the first URL is the *primary*, which also holds the conversion
+      wake-up list;
+    * ``sentinel``: ``redis+sentinel://[:password@]host:port,host:port/master-name[/db]``: the
+      master that the Sentinels name, followed across failovers.
+    """
+
+    mode: Literal["single", "sharded", "sentinel"]
+    urls: tuple[str, ...] = ()  # single and sharded, in order
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_DEFAULT_PORT = 26379
+_MASTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _one_redis_url(url: str, whole: str) -> str:
     parts = _split_url("REDIS_URL", url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"REDIS_URL: expected redis://host:port/db, got {url!r}")
+        raise ConfigError(
+            "REDIS_URL: expected redis://host:port/db, a comma-separated list of them, or "
+            f"redis+sentinel://host:port,host:port/master/db, got {whole!r}"
+        )
     if parts.scheme != "unix":
         if not parts.hostname:
             raise ConfigError(f"REDIS_URL: no host in {url!r}")
@@ -120,6 +150,80 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
         if db and not db.isdigit():
             raise ConfigError(f"REDIS_URL: the database must be a number, got {db!r}")
     return url
+
+
+def _sentinel_host(item: str, whole: str) -> tuple[str, int]:
+    if item.startswith("["):  # [v6]:port
+        host, sep, rest = item[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"REDIS_URL: malformed Sentinel address {item!r} in {whole!r}")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ConfigError(f"REDIS_URL: a Sentinel address without a host in {whole!r}")
+    if port_text == "":
+        return host, SENTINEL_DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"REDIS_URL: malformed Sentinel port {port_text!r} in {whole!r}")
+    return host, int(port_text)
+
+
+def _sentinel_target(url: str) -> RedisTarget:
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    netloc, _, path = rest.partition("/")
+    if "?" in path or "#" in path or "?" in netloc or "#" in netloc:
+        raise ConfigError(f"REDIS_URL: a Sentinel URL takes no ?options or #fragment, got {url!r}")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    if not netloc:
+        raise ConfigError(f"REDIS_URL: no Sentinel host:port in {url!r}")
+    sentinels = tuple(_sentinel_host(item.strip(), url) for item in netloc.split(","))
+    if len(set(sentinels)) != len(sentinels):
+        raise ConfigError(f"REDIS_URL: a Sentinel is listed twice in {url!r}")
+    segments = path.split("/") if path else []
+    if segments and segments[-1] == "":
+        segments.pop()
+    if not segments or not segments[0]:
+        raise ConfigError(f"REDIS_URL: no master name in {url!r} (redis+sentinel://host:port/master/db)")
+    if len(segments) > 2:
+        raise ConfigError(f"REDIS_URL: expected /master-name/db after the Sentinels, got {url!r}")
+    master = unquote(segments[0])
+    if not _MASTER_NAME_RE.fullmatch(master):
+        raise ConfigError(f"REDIS_URL: malformed master name {master!r} in {url!r}")
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise ConfigError(f"REDIS_URL: the database must be a number, got {segments[1]!r}")
+        db = int(segments[1])
+    return RedisTarget("sentinel", sentinels=sentinels, master_name=master, db=db,
+                       username=username, password=password)
+
+
+def _redis_target(env: Mapping[str, str]) -> tuple[str | None, RedisTarget | None]:
+    raw = env.get("REDIS_URL")
+    if raw is None or raw.strip() == "":
+        return None, None
+    url = raw.strip()
+    if any(ord(c) < 33 or ord(c) == 127 for c in url.replace(", ", ",")):
+        raise ConfigError("REDIS_URL: the URL contains white space or a control character")
+    if url.lower().startswith(SENTINEL_SCHEME + "://"):
+        return url, _sentinel_target(url)
+    items = [item.strip() for item in url.split(",")]
+    if len(items) == 1:
+        return url, RedisTarget("single", urls=(_one_redis_url(url, url),))
+    if any(not item for item in items):
+        raise ConfigError(f"REDIS_URL: an empty entry in the list {url!r}")
+    if any(item.lower().startswith(SENTINEL_SCHEME) for item in items):
+        raise ConfigError(f"REDIS_URL: a Sentinel URL cannot be one shard of a list, got {url!r}")
+    urls = tuple(_one_redis_url(item, url) for item in items)
+    if len({u.rstrip("/") for u in urls}) != len(urls):
+        raise ConfigError(f"REDIS_URL: a shard is listed twice in {url!r}")
+    return url, RedisTarget("sharded", urls=urls)
 
 
 def _allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -178,23 +282,26 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if not os.access(data_dir, os.W_OK):
         raise ConfigError(f"HUBBUB_DATA_DIR: {str(data_dir)!r} is not writable")
     database_url = _database_url(env)
-    redis_url = _redis_url(env)
+    redis_url, redis = _redis_target(env)
     allowed_hosts = _allowed_hosts(env)
     allow_guests = _bool(env, "HUBBUB_ALLOW_GUESTS", True)
     max_message_chars = _positive_int(env, "HUBBUB_MAX_MESSAGE_CHARS", 4000, 1_000_000)
     max_upload_mb = _positive_int(env, "HUBBUB_MAX_UPLOAD_MB", 50, 100_000)
     debug = _bool(env, "HUBBUB_DEBUG", False)
+    max_sockets_per_user = _positive_int(env, "HUBBUB_MAX_SOCKETS_PER_USER", 50, 100_000)
     secret_key = _secret_key(env, data_dir)
     return Config(
         data_dir=data_dir,
         database_url=database_url,
         redis_url=redis_url,
+        redis=redis,
         secret_key=secret_key,
         allowed_hosts=allowed_hosts,
         allow_guests=allow_guests,
         max_message_chars=max_message_chars,
         max_upload_mb=max_upload_mb,
         debug=debug,
+        max_sockets_per_user=max_sockets_per_user,
     )
 
 

@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from hubbub import metrics
 
 CHECK_TIMEOUT = 2.0
-_redis_client: Any = None
+_redis_checker: Any = None
 
 
 async def livez(request: HttpRequest) -> HttpResponse:
@@ -25,15 +25,18 @@ def _db_ping() -> None:
         cursor.execute("SELECT 1")
 
 
-async def _redis_ping() -> None:
-    global _redis_client
-    if _redis_client is None:
-        from redis import asyncio as aioredis
+async def _redis_check() -> str:
+    """"ok" or "ok (...)" when every Redis server that carries rooms answers (each shard, or the
+    master the Sentinels name now); else "unreachable: ..." naming which, without passwords."""
+    global _redis_checker
+    if _redis_checker is None:
+        from hubbub.redisconn import Checker
 
-        _redis_client = aioredis.Redis.from_url(
-            str(settings.HUBBUB_REDIS_URL), socket_connect_timeout=1, socket_timeout=1
-        )
-    await _redis_client.ping()
+        target = settings.HUBBUB_REDIS
+        assert target is not None
+        _redis_checker = Checker(target, timeout=1.0)
+    result: str = await _redis_checker.check()
+    return result
 
 
 async def readyz(request: HttpRequest) -> HttpResponse:
@@ -45,10 +48,9 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
-    if settings.HUBBUB_REDIS_URL:
+    if settings.HUBBUB_REDIS is not None:
         try:
-            await asyncio.wait_for(_redis_ping(), CHECK_TIMEOUT)
-            checks["channel_layer"] = "ok"
+            checks["channel_layer"] = await asyncio.wait_for(_redis_check(), CHECK_TIMEOUT)
         except Exception as exc:
             checks["channel_layer"] = f"unreachable: {type(exc).__name__}"
     else:

@@ -8,6 +8,7 @@ from typing import Any
 import dj_database_url
 
 from hubbub import config as _config
+from hubbub.redisconn import layer_hosts
 
 CONFIG = _config.load()
 
@@ -83,27 +84,22 @@ def _databases() -> dict[str, Any]:
 DATABASES = _databases()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-if CONFIG.redis_url:
+if CONFIG.redis is not None:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
             # One PUBLISH per event and one SUBSCRIBE per room per process (see realtime/hub.py):
             # Redis work does not grow with the number of sockets in a room.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [
-                    {
-                        "address": CONFIG.redis_url,
-                        # redis-py >= 6 defaults to short timeouts; set them deliberately. A dead
-                        # Redis must fail a publish fast (the message is already stored) instead
-                        # of blocking the event loop's publishers.
-                        "socket_connect_timeout": 2,
-                        "socket_timeout": 2,
-                        "health_check_interval": 15,
-                        # No redis-py `retry` here: measured, it makes the layer's pub/sub
-                        # connection re-subscribe 15-30 s after a Redis restart instead of 0.2 s.
-                        # The one publish it would save is filled from the database instead.
-                    }
-                ],
+                # One entry per shard (each room lives on one, by a hash of its group name), or
+                # one Sentinel entry whose master is looked up again after a failover
+                # (hubbub/redisconn.py). Each entry sets its timeouts deliberately: redis-py >= 6
+                # defaults to short ones, and a dead Redis must fail a publish fast (the message
+                # is already stored) instead of blocking the event loop's publishers.
+                # No redis-py `retry` here: measured, it makes the layer's pub/sub connection
+                # re-subscribe 15-30 s after a Redis restart instead of 0.2 s. The one publish it
+                # would save is filled from the database instead.
+                "hosts": layer_hosts(CONFIG.redis),
                 "prefix": "hubbub",
             },
         }
@@ -138,7 +134,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 HUBBUB_MAX_MESSAGE_CHARS = CONFIG.max_message_chars
 HUBBUB_ALLOW_GUESTS = CONFIG.allow_guests
 HUBBUB_MAX_UPLOAD_MB = CONFIG.max_upload_mb
+HUBBUB_MAX_SOCKETS_PER_USER = CONFIG.max_sockets_per_user
 HUBBUB_REDIS_URL = CONFIG.redis_url
+HUBBUB_REDIS = CONFIG.redis  # what REDIS_URL names: one server, shards or Sentinels
 HUBBUB_DATA_DIR = CONFIG.data_dir
 
 LOGGING = {

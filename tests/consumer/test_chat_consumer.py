@@ -18,7 +18,7 @@ from hubbub.accounts.actors import actor_for_user
 from hubbub.asgi import application
 from hubbub.chat import services
 from hubbub.chat.models import Message, Room
-from hubbub.realtime import consumers, hub
+from hubbub.realtime import consumers, hub, sockets
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -249,7 +249,7 @@ async def test_a_failing_service_answers_server_error_and_keeps_the_socket(
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(services, "message_post", broken)
+    monkeypatch.setattr(services, "message_store", broken)
     await comm.send_json_to({"message": "x"})
     assert (await recv(comm))["code"] == "server_error"
     monkeypatch.undo()
@@ -354,13 +354,42 @@ async def test_a_removed_member_is_disconnected_at_once() -> None:
 async def test_a_socket_that_cannot_keep_up_is_closed_not_buffered_forever(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(consumers, "OUTBOX_LIMIT", 5)
-    slow = await connect("firehose")
+    """A client that reads nothing: its transport stays paused, so the server's ``send`` never
+    returns. Events pile up in the socket's outbox until the limit, then it is closed with 1013."""
+    monkeypatch.setattr(sockets, "OUTBOX_LIMIT", 5)
+    paused = asyncio.Event()  # never set: the transport never drains
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "websocket.send":
+            await paused.wait()
+
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "websocket", "path": "/ws/chat/firehose/", "query_string": b"", "headers": [],
+             "subprotocols": [], "url_route": {"kwargs": {"room": "firehose"}}, "user": None,
+             "session_key": None}
+    await inbox.put({"type": "websocket.connect"})
+    task = asyncio.ensure_future(consumers.ChatSocket(scope, inbox.get, send).run())
     h = hub.get_hub()
-    # Dispatch without yielding to the loop: the socket cannot drain, its outbox overflows.
+    for _ in range(100):
+        if any(m["type"] == "websocket.accept" for m in sent):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)  # presence and catch-up settle
     for n in range(1, 20):
-        h._dispatch({"kind": "message", "room": "firehose", "id": n, "text": "{}"})
-    assert await closed_with(slow) == 1013
+        h._dispatch({"kind": "message", "room": "firehose", "id": n, "text": f"m{n}"})
+        await asyncio.sleep(0)
+    for _ in range(100):
+        if any(m["type"] == "websocket.close" for m in sent):
+            break
+        await asyncio.sleep(0.02)
+    closes = [m for m in sent if m["type"] == "websocket.close"]
+    assert closes and closes[0]["code"] == 1013, sent
+    # One frame reached the (stuck) transport; the rest waited and were dropped, not buffered.
+    assert [m["text"] for m in sent if m["type"] == "websocket.send"] == ["m1"]
+    await inbox.put({"type": "websocket.disconnect", "code": 1006})
+    await asyncio.wait_for(task, 5)
 
 
 async def test_one_event_is_encoded_once_for_every_local_socket() -> None:

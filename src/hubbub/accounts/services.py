@@ -67,3 +67,19 @@ def token_authenticate(*, raw: str) -> User:
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
+
+
+def gone(*, session_keys: set[str], user_keys: set[str]) -> tuple[set[str], set[str]]:
+    """Of these sessions and ``u:<id>`` actor keys: the sessions that no longer exist and the
+    users that were deleted or deactivated (two queries whatever the numbers)."""
+    from django.contrib.sessions.models import Session
+
+    alive = set(
+        Session.objects.filter(session_key__in=session_keys, expire_date__gt=timezone.now())
+        .values_list("session_key", flat=True)
+    ) if session_keys else set()
+    ids = {int(key[2:]) for key in user_keys if key[2:].isdigit()}
+    active = set(
+        User.objects.filter(pk__in=ids, is_active=True).values_list("pk", flat=True)
+    ) if ids else set()
+    return session_keys - alive, {f"u:{pk}" for pk in ids - active}

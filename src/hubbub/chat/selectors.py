@@ -72,6 +72,16 @@ def message_texts_after(*, room_id: int, room_name: str, after: int, limit: int)
     return [(m.seq, events.encode(events.message_event(m, room_name))) for m in rows]
 
 
+def message_texts_in(*, room_name: str, after: int, limit: int) -> list[tuple[int, str]]:
+    """As :func:`message_texts_after`, by room name (the hub knows rooms by name)."""
+    rows = (
+        Message.objects.filter(room__name=room_name, seq__gt=after)
+        .order_by("seq")
+        .only("seq", "author_name", "body", "client_id", "created_at")[:limit]
+    )
+    return [(m.seq, events.encode(events.message_event(m, room_name))) for m in rows]
+
+
 def messages_page(
     *, room: Room, after: int | None = None, before: int | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:

@@ -62,6 +62,13 @@ def room_open(*, actor: Actor, name: str) -> RoomState:
     return RoomState(id=room.pk, name=room.name, private=room.private, last_seq=room.last_seq)
 
 
+def socket_join(*, actor: Actor, name: str, conn_id: str, instance: str) -> RoomState:
+    """For a socket joining ``name``: :func:`room_open`, then its presence row (one thread hop)."""
+    state = room_open(actor=actor, name=name)
+    presence_enter(conn_id=conn_id, room_id=state.id, name=actor.name, instance=instance)
+    return state
+
+
 def member_add(*, actor: Actor, room_name: str, username: str) -> bool:
     """The owner admits ``username``. Returns False when they were a member already."""
     room = _owned_room(actor, room_name)
@@ -105,6 +112,27 @@ def _next_seq(room_id: int) -> int:
     return int(row[0])
 
 
+# PostgreSQL: the id allocation and the insert in one statement, which autocommit makes one
+# transaction: one round trip per message. The room row's lock serialises this room's writers until
+# the commit, so ids have no gaps; a repeated client_id fails the whole statement (nothing stored,
+# no id used).
+_STORE_PG = (
+    "WITH s AS (UPDATE chat_room SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq) "
+    "INSERT INTO chat_message (room_id, seq, author_key, author_name, body, client_id, created_at) "
+    "SELECT %s, s.last_seq, %s, %s, %s, %s, %s FROM s RETURNING seq"
+)
+
+
+def _validate_post(body: str, client_id: str | None) -> None:
+    error = protocol.validate_message(body, settings.HUBBUB_MAX_MESSAGE_CHARS)
+    if error is not None:
+        kind = {"empty_message": EmptyMessage, "too_long": TooLong}.get(error.code, Invalid)
+        raise kind(error.detail)
+    error = protocol.validate_client_id(client_id)
+    if error is not None:
+        raise Invalid(error.detail)
+
+
 def message_post(
     *, actor: Actor, room_name: str, body: str, client_id: str | None = None
 ) -> Posted:
@@ -113,56 +141,59 @@ def message_post(
     Idempotent per (room, author, client_id): a repeat stores nothing and returns the stored event.
     """
     _check_name(room_name)
-    error = protocol.validate_message(body, settings.HUBBUB_MAX_MESSAGE_CHARS)
-    if error is not None:
-        kind = {"empty_message": EmptyMessage, "too_long": TooLong}.get(error.code, Invalid)
-        raise kind(error.detail)
-    error = protocol.validate_client_id(client_id)
-    if error is not None:
-        raise Invalid(error.detail)
+    _validate_post(body, client_id)
     room = _room_get_or_create_public(room_name)
     if not can_access(actor, room):
         raise Forbidden(f"room {room_name!r} is private")
-    if client_id is not None:
-        earlier = _earlier_post(room, actor, client_id)
-        if earlier is not None:
-            return earlier
+    return message_store(actor=actor, room_id=room.pk, room_name=room.name, body=body,
+                         client_id=client_id)
+
+
+def message_store(
+    *, actor: Actor, room_id: int, room_name: str, body: str, client_id: str | None = None
+) -> Posted:
+    """The storing half of :func:`message_post`, for a caller that has already opened the room and
+    checked access (a socket does that once, when it joins; a removal closes the socket)."""
+    _validate_post(body, client_id)
+    created_at = timezone.now()
     try:
-        with transaction.atomic():
-            seq = _next_seq(room.pk)
-            message = Message.objects.create(
-                room=room,
-                seq=seq,
-                author_key=actor.key,
-                author_name=actor.name,
-                body=body,
-                client_id=client_id,
-                created_at=timezone.now(),
-            )
-            text = events.encode(events.message_event(message, room.name))
-            transaction.on_commit(
-                lambda: publish_threadsafe(
-                    {"kind": "message", "room": room.name, "id": seq, "text": text}
-                )
-            )
+        if connection.vendor == "postgresql" and connection.get_autocommit():
+            with connection.cursor() as cursor:
+                cursor.execute(_STORE_PG, [room_id, room_id, actor.key, actor.name, body, client_id,
+                                           created_at])
+                row = cursor.fetchone()
+            assert row is not None
+            seq = int(row[0])
+        else:
+            with transaction.atomic():
+                seq = _next_seq(room_id)
+                Message.objects.create(room_id=room_id, seq=seq, author_key=actor.key,
+                                       author_name=actor.name, body=body, client_id=client_id,
+                                       created_at=created_at)
     except IntegrityError:
-        # A concurrent post with the same client_id won the race; the rollback also undid our
-        # id allocation, so no gap was left.
+        # The same client_id again (or a concurrent repeat won the race). Everything was rolled
+        # back, the id allocation included, so no gap was left: answer with the stored event.
         if client_id is not None:
-            earlier = _earlier_post(room, actor, client_id)
+            earlier = _earlier_post(room_id, room_name, actor, client_id)
             if earlier is not None:
                 return earlier
         raise
+    text = events.encode(events.message_event_of(
+        seq=seq, room_name=room_name, user=actor.name, body=body, created_at=created_at,
+        client_id=client_id))
+    transaction.on_commit(
+        lambda: publish_threadsafe({"kind": "message", "room": room_name, "id": seq, "text": text})
+    )
     return Posted(seq=seq, text=text, created=True)
 
 
-def _earlier_post(room: Room, actor: Actor, client_id: str) -> Posted | None:
-    message = Message.objects.filter(room=room, author_key=actor.key, client_id=client_id).first()
+def _earlier_post(room_id: int, room_name: str, actor: Actor, client_id: str) -> Posted | None:
+    message = Message.objects.filter(room_id=room_id, author_key=actor.key, client_id=client_id).first()
     if message is None:
         return None
     return Posted(
         seq=message.seq,
-        text=events.encode(events.message_event(message, room.name)),
+        text=events.encode(events.message_event(message, room_name)),
         created=False,
     )
 
@@ -173,10 +204,9 @@ PRESENCE_TTL = timedelta(seconds=30)
 
 
 def presence_enter(*, conn_id: str, room_id: int, name: str, instance: str) -> None:
-    Presence.objects.update_or_create(
-        conn_id=conn_id,
-        defaults={"room_id": room_id, "name": name, "instance": instance, "seen_at": timezone.now()},
-    )
+    # conn_id is a new random id per socket: one INSERT, no lookup first.
+    Presence.objects.create(conn_id=conn_id, room_id=room_id, name=name, instance=instance,
+                            seen_at=timezone.now())
 
 
 def presence_leave(*, conn_id: str) -> None:

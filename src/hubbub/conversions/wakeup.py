@@ -20,16 +20,18 @@ _client: Any = None
 def _redis() -> Any:
     global _client
     if _client is None:
-        import redis
+        from hubbub.redisconn import sync_primary
 
-        _client = redis.Redis.from_url(str(settings.HUBBUB_REDIS_URL), socket_connect_timeout=2,
-                                       socket_timeout=5)
+        # The primary: the only server, the first shard, or the Sentinels' current master.
+        target = settings.HUBBUB_REDIS
+        assert target is not None
+        _client = sync_primary(target, socket_connect_timeout=2, socket_timeout=5)
     return _client
 
 
 def notify() -> None:
     _local.set()
-    if settings.HUBBUB_REDIS_URL:
+    if settings.HUBBUB_REDIS is not None:
         try:
             pipe = _redis().pipeline()
             pipe.lpush(KEY, 1)
@@ -41,7 +43,7 @@ def notify() -> None:
 
 def wait(timeout: float) -> None:
     """Block until woken or ``timeout`` seconds pass."""
-    if settings.HUBBUB_REDIS_URL:
+    if settings.HUBBUB_REDIS is not None:
         try:
             _redis().blpop([KEY], timeout=max(1, int(timeout)))
             return

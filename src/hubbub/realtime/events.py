@@ -22,14 +22,21 @@ def iso_ts(dt: datetime) -> str:
 
 
 def message_event(message: Message, room_name: str) -> dict[str, Any]:
+    return message_event_of(seq=message.seq, room_name=room_name, user=message.author_name,
+                            body=message.body, created_at=message.created_at,
+                            client_id=message.client_id)
+
+
+def message_event_of(*, seq: int, room_name: str, user: str, body: str, created_at: datetime,
+                     client_id: str | None) -> dict[str, Any]:
     return {
         "type": "message",
         "room": room_name,
-        "id": message.seq,
-        "user": message.author_name,
-        "message": message.body,
-        "ts": iso_ts(message.created_at),
-        "client_id": message.client_id,
+        "id": seq,
+        "user": user,
+        "message": body,
+        "ts": iso_ts(created_at),
+        "client_id": client_id,
     }
 
 

@@ -27,11 +27,12 @@ import threading
 import uuid
 from typing import Any, Protocol
 
-from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 
 from hubbub import metrics
-from hubbub.realtime.events import is_job_room
+from hubbub.realtime import db, protocol
+from hubbub.realtime.events import group_name, is_job_room
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ WATCH_INTERVAL = 1.0  # seconds between checks of the database for undelivered m
 HEARTBEAT_INTERVAL = 10.0  # presence heartbeat; PRESENCE_TTL (30 s) covers two missed beats
 PUBLISH_TIMEOUT = 2.0
 PUBLISH_QUEUE_LIMIT = 10_000
+REORDER_WAIT = 0.05  # seconds an early message waits for the ones before it before a DB read
+REVALIDATE_EVERY = 15.0  # seconds between checks that sockets' sessions and users still exist
+FILL_BATCH = 1000
+CONTROL_GROUP = "hubbub.control"  # every serving hub: events about users and sessions, not rooms
+CONTROL_KINDS = frozenset({"logout", "user_gone"})
+# Posts per second shared by all of one user's sockets on an instance (each socket also has its
+# own 12/s, burst 24): several sockets cannot multiply a user's rate without bound.
+USER_RATE, USER_BURST = 30.0, 60.0
 
 
 class Subscriber(Protocol):
@@ -47,8 +56,11 @@ class Subscriber(Protocol):
     conn_id: str
     rich: bool
     actor_key: str
+    session_key: str | None
 
     def offer(self, event: dict[str, Any]) -> None: ...
+
+    def close_soon(self, code: int) -> None: ...
 
 
 class Hub:
@@ -58,7 +70,13 @@ class Hub:
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self.rooms: dict[str, set[Subscriber]] = {}
-        self.seen: dict[str, int] = {}  # room -> highest message id this hub has dispatched
+        self.seen: dict[str, int] = {}  # room -> every id up to this one has been dispatched
+        self.held: dict[str, dict[int, str]] = {}  # room -> early messages waiting for a gap
+        self.hold_timers: dict[str, asyncio.TimerHandle] = {}
+        self.filling: set[str] = set()
+        self.actors: dict[str, int] = {}  # actor key -> sockets on this process
+        self.user_buckets: dict[str, protocol.TokenBucket] = {}
+        self.control_ok = False
         self.db_seen: dict[str, int] = {}  # room -> last id the watcher read from the database
         self.unsubscribed: set[str] = set()  # rooms whose SUBSCRIBE failed; retried by the watcher
         self.subscribing: dict[str, asyncio.Future[None]] = {}
@@ -88,6 +106,7 @@ class Hub:
             self._spawn(self._publish_loop())
             if serve:
                 self.channel = await layer.new_channel(prefix="hub.")
+                await self._subscribe_control()
                 self._spawn(self._receive_loop())
         if serve:
             self._spawn(self._watch_loop())
@@ -105,11 +124,14 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        for timer in self.hold_timers.values():
+            timer.cancel()
+        self.hold_timers.clear()
         if self.started:
             from hubbub.chat import services
 
             with contextlib.suppress(Exception):
-                await database_sync_to_async(services.presence_drop_instance)(instance=self.instance)
+                await db.background(services.presence_drop_instance)(instance=self.instance)
         if self.layer is not None:
             with contextlib.suppress(Exception):
                 await self.layer.flush()
@@ -124,6 +146,7 @@ class Hub:
             members = self.rooms[room] = set()
             self.subscribing[room] = asyncio.ensure_future(self._subscribe(room))
         members.add(sub)
+        self.actors[sub.actor_key] = self.actors.get(sub.actor_key, 0) + 1
         metrics.WS_CONNECTIONS.inc()
         pending = self.subscribing.get(room)
         if pending is not None:
@@ -137,24 +160,50 @@ class Hub:
         if members is None or sub not in members:
             return
         members.discard(sub)
+        left = self.actors.get(sub.actor_key, 1) - 1
+        if left > 0:
+            self.actors[sub.actor_key] = left
+        else:
+            self.actors.pop(sub.actor_key, None)
+            self.user_buckets.pop(sub.actor_key, None)
         metrics.WS_CONNECTIONS.dec()
         if not members:
             del self.rooms[room]
-            for state in (self.seen, self.db_seen, self.presence_sent):
+            for state in (self.seen, self.db_seen, self.presence_sent, self.held):
                 state.pop(room, None)
+            timer = self.hold_timers.pop(room, None)
+            if timer is not None:
+                timer.cancel()
             self.unsubscribed.discard(room)
             self.subscribing.pop(room, None)
             if self.layer is not None and self.channel is not None:
-                from hubbub.realtime.events import group_name
-
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(group_name(room), self.channel)
+
+    def sockets_of(self, actor_key: str) -> int:
+        return self.actors.get(actor_key, 0)
+
+    def may_connect(self, actor_key: str) -> bool:
+        """False when this actor already has the most sockets allowed on this process."""
+        return self.actors.get(actor_key, 0) < settings.HUBBUB_MAX_SOCKETS_PER_USER
+
+    def user_bucket(self, actor_key: str, now: float) -> protocol.TokenBucket:
+        bucket = self.user_buckets.get(actor_key)
+        if bucket is None:
+            bucket = self.user_buckets[actor_key] = protocol.TokenBucket(USER_RATE, USER_BURST, now)
+        return bucket
+
+    async def _subscribe_control(self) -> None:
+        assert self.layer is not None and self.channel is not None
+        try:
+            await asyncio.wait_for(self.layer.group_add(CONTROL_GROUP, self.channel), PUBLISH_TIMEOUT)
+            self.control_ok = True
+        except Exception as exc:  # the watcher retries; revalidation covers the meantime
+            log.warning("subscribe to %s failed: %r", CONTROL_GROUP, exc)
 
     async def _subscribe(self, room: str) -> None:
         if self.layer is None or self.channel is None:
             return
-        from hubbub.realtime.events import group_name
-
         try:
             await asyncio.wait_for(self.layer.group_add(group_name(room), self.channel), PUBLISH_TIMEOUT)
             self.unsubscribed.discard(room)
@@ -167,6 +216,7 @@ class Hub:
         """A socket read ``seq`` as the room's last id when it joined."""
         if seq > self.seen.get(room, 0):
             self.seen[room] = seq
+            self._release_held(room)
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -185,15 +235,12 @@ class Hub:
                 metrics.PUBLISH_FAILURES.inc()
 
     async def _publish_loop(self) -> None:
-        from hubbub.realtime.events import group_name
-
         assert self.layer is not None
         while True:
             event = await self._outgoing.get()
+            group = CONTROL_GROUP if event.get("kind") in CONTROL_KINDS else group_name(event["room"])
             try:
-                await asyncio.wait_for(
-                    self.layer.group_send(group_name(event["room"]), event), PUBLISH_TIMEOUT
-                )
+                await asyncio.wait_for(self.layer.group_send(group, event), PUBLISH_TIMEOUT)
                 metrics.EVENTS_PUBLISHED.inc()
                 self.redis_ok = True
             except asyncio.CancelledError:
@@ -229,18 +276,15 @@ class Hub:
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
+        if kind in CONTROL_KINDS:
+            self._control(event)
+            return
         room = event.get("room")
         if not isinstance(room, str):
             return
         members = self.rooms.get(room)
         if kind == "message":
-            seq = event["id"]
-            if seq > self.seen.get(room, 0):
-                self.seen[room] = seq
-            if members:
-                out = {"type": "hub.message", "id": seq, "text": event["text"]}
-                for sub in list(members):
-                    sub.offer(out)
+            self._message(room, event["id"], event["text"])
         elif kind == "presence":
             if members:
                 self.presence_dirty.add(room)
@@ -259,7 +303,123 @@ class Hub:
         elif kind == "revoke" and members:
             for sub in list(members):
                 if sub.actor_key == event.get("user_key"):
-                    sub.offer({"type": "hub.revoke"})
+                    sub.close_soon(protocol.CLOSE_FORBIDDEN)
+
+    def _control(self, event: dict[str, Any]) -> None:
+        """A session ended or a user is gone: close their sockets on this process (4401)."""
+        session_key, user_key = event.get("session_key"), event.get("user_key")
+        for members in list(self.rooms.values()):
+            for sub in list(members):
+                if (session_key and sub.session_key == session_key) or (
+                    user_key and sub.actor_key == user_key
+                ):
+                    sub.close_soon(protocol.CLOSE_UNAUTHORIZED)
+
+    # -- messages, in order, once per process ----------------------------------------------------
+
+    def _message(self, room: str, seq: int, text: str) -> None:
+        """Hand message ``seq`` to the room's sockets in id order.
+
+        Instances post to a room in turn, so a message committed here can be dispatched before the
+        one before it, committed elsewhere a moment earlier, arrives through Redis. Such an early
+        message waits here (up to ``REORDER_WAIT``) instead of making every socket read the gap
+        from the database; if the gap is still open then, it is read once for the whole room.
+        """
+        members = self.rooms.get(room)
+        seen = self.seen.get(room, 0)
+        if not members:
+            if seq > seen:
+                self.seen[room] = seq
+            return
+        if seq > seen + 1:
+            held = self.held.setdefault(room, {})
+            held[seq] = text
+            if room not in self.hold_timers and room not in self.filling:
+                assert self.loop is not None
+                self.hold_timers[room] = self.loop.call_later(REORDER_WAIT, self._gap_timeout, room)
+            return
+        self._offer_message(members, seq, text)
+        if seq == seen + 1:
+            self.seen[room] = seq
+            self._release_held(room)
+
+    @staticmethod
+    def _offer_message(members: set[Subscriber], seq: int, text: str) -> None:
+        out = {"type": "hub.message", "id": seq, "text": text}
+        for sub in list(members):
+            sub.offer(out)
+
+    def _release_held(self, room: str) -> None:
+        held = self.held.get(room)
+        if not held:
+            return
+        members = self.rooms.get(room) or set()
+        seen = self.seen.get(room, 0)
+        while held:
+            first = min(held)
+            if first > seen + 1:
+                break
+            text = held.pop(first)
+            if first == seen + 1:
+                seen = first
+            self._offer_message(members, first, text)
+        self.seen[room] = seen
+        if not held:
+            self.held.pop(room, None)
+            timer = self.hold_timers.pop(room, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _gap_timeout(self, room: str) -> None:
+        self.hold_timers.pop(room, None)
+        held = self.held.get(room)
+        if held and room in self.rooms:
+            self.fill(room, min(held) - 1)
+
+    def fill(self, room: str, upto: int) -> None:
+        """Read ids after ``seen`` up to ``upto`` from the database once, for all local sockets."""
+        if room in self.filling or upto <= self.seen.get(room, 0):
+            return
+        self.filling.add(room)
+        task = asyncio.ensure_future(self._fill(room, upto))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks_done)
+
+    def _tasks_done(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _fill(self, room: str, upto: int) -> None:
+        from hubbub.chat import selectors
+
+        try:
+            while room in self.rooms and self.seen.get(room, 0) < upto:
+                after = self.seen.get(room, 0)
+                try:
+                    batch = await db.run(selectors.message_texts_in)(
+                        room_name=room, after=after, limit=min(FILL_BATCH, upto - after))
+                except Exception as exc:
+                    log.warning("cannot fill %s after %d: %r", room, after, exc)
+                    break
+                if not batch:
+                    log.error("room %s: ids %d..%d missing from the database", room, after + 1, upto)
+                    break
+                for seq, text in batch:
+                    if seq > self.seen.get(room, 0):
+                        self.seen[room] = seq
+                        self._offer_message(self.rooms.get(room) or set(), seq, text)
+                self._release_held(room)
+        finally:
+            self.filling.discard(room)
+        if room in self.rooms:
+            self._release_held(room)
+            held = self.held.get(room)
+            if held and room not in self.hold_timers:
+                # Still a gap (the database failed, or a later message overtook this fill):
+                # try again after a pause; meanwhile sockets keep what they have.
+                assert self.loop is not None
+                self.hold_timers[room] = self.loop.call_later(
+                    max(REORDER_WAIT, WATCH_INTERVAL / 2), self._gap_timeout, room)
 
     def presence_changed(self, room: str) -> None:
         """This process changed who is in ``room``: recompute here now, tell the others."""
@@ -270,37 +430,64 @@ class Hub:
     async def _watch_loop(self) -> None:
         from hubbub.chat import selectors
 
+        next_revalidation = asyncio.get_running_loop().time() + REVALIDATE_EVERY
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
+            if self.layer is not None and self.channel is not None and not self.control_ok:
+                await self._subscribe_control()
             for room in list(self.unsubscribed):
                 if room in self.rooms:
                     await self._subscribe(room)
+            loop = asyncio.get_running_loop()
+            if loop.time() >= next_revalidation:
+                next_revalidation = loop.time() + REVALIDATE_EVERY
+                await self._revalidate()
             names = [name for name in self.rooms if not is_job_room(name)]
             if not names:
                 continue
             try:
-                latest = await database_sync_to_async(selectors.room_last_seqs)(names=names)
+                latest = await db.background(selectors.room_last_seqs)(names=names)
             except Exception as exc:
                 log.warning("watcher cannot read the database: %r", exc)
                 continue
             self.check_gaps(latest)
 
     def check_gaps(self, latest: dict[str, int]) -> None:
-        """Tell sockets to fill from the database what live delivery has not brought.
+        """Fill from the database what live delivery has not brought (once per room).
 
         A room counts as behind only when an id the previous check already read (at least one
         interval ago) has still not been dispatched: a message committed a moment ago and still
-        on its way through Redis does not cost every socket a database read.
+        on its way through Redis does not cost a database read.
         """
         for room, last in latest.items():
             previous = self.db_seen.get(room, 0)
-            if previous > self.seen.get(room, 0):
+            if previous > self.seen.get(room, 0) and room in self.rooms:
                 metrics.GAP_SYNCS.inc()
-                self.seen[room] = previous
-                out = {"type": "hub.sync", "upto": previous}
-                for sub in list(self.rooms.get(room, ())):
-                    sub.offer(out)
+                self.fill(room, previous)
             self.db_seen[room] = last
+
+    async def _revalidate(self) -> None:
+        """Close sockets whose session was deleted or whose user was deleted or deactivated.
+
+        Logout and user changes also publish an event that closes them at once; this check covers
+        an event lost while Redis was unreachable.
+        """
+        from hubbub.accounts import services as accounts
+
+        sessions = {s.session_key for m in self.rooms.values() for s in m if s.session_key}
+        users = {k for k in self.actors if k.startswith("u:")}
+        if not sessions and not users:
+            return
+        try:
+            dead_sessions, dead_users = await db.background(accounts.gone)(
+                session_keys=sessions, user_keys=users)
+        except Exception as exc:
+            log.warning("cannot revalidate sessions: %r", exc)
+            return
+        for key in dead_sessions:
+            self._control({"session_key": key})
+        for key in dead_users:
+            self._control({"user_key": key})
 
     # -- presence ----------------------------------------------------------------------------
 
@@ -318,7 +505,7 @@ class Hub:
             try:
                 if full:
                     next_beat = loop.time() + HEARTBEAT_INTERVAL
-                    await database_sync_to_async(services.presence_heartbeat)(instance=self.instance)
+                    await db.background(services.presence_heartbeat)(instance=self.instance)
                     rooms = [name for name in self.rooms if not is_job_room(name)]
                 else:
                     # Coalesce a burst of joins and leaves into one query.
@@ -326,7 +513,7 @@ class Hub:
                     rooms = [r for r in self.presence_dirty if r in self.rooms]
                 self.presence_dirty.clear()
                 if rooms:
-                    names = await database_sync_to_async(services.presence_names)(room_names=rooms)
+                    names = await db.background(services.presence_names)(room_names=rooms)
                     self._send_presence(names)
             except asyncio.CancelledError:
                 raise

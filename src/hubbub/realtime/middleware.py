@@ -1,17 +1,24 @@
-"""ASGI middleware for sockets: the Origin check and bearer-token authentication."""
+"""ASGI middleware for sockets: the Origin check and authentication (bearer token or session)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
+from django.contrib.auth import get_user
+from django.http.cookie import parse_cookie
 
 from hubbub.accounts import services
 from hubbub.errors import Unauthorized
+from hubbub.realtime import db
+
+SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
 Scope = dict[str, Any]
 
@@ -71,30 +78,72 @@ class OriginCheckMiddleware:
         return await self.app(scope, receive, send)
 
 
-class TokenAuthMiddleware:
-    """``Authorization: Bearer <token>`` in the handshake sets ``scope["user"]``; a token that
-    does not authenticate sets ``scope["auth_error"]`` (the consumer closes with 4401). Tokens in
-    the URL are never read."""
+@dataclass(frozen=True, slots=True)
+class SocketAuth:
+    user: Any  # an active User, or None (anonymous: a guest when guests are allowed)
+    session_key: str | None  # the browser session the socket authenticated with
+    error: str | None  # a bearer token that did not authenticate
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+
+def authenticate_socket(*, bearer: str | None, session_key: str | None) -> SocketAuth:
+    """Who opens a socket, in one database call: ``Authorization: Bearer <token>`` first, else the
+    session cookie (the same checks as Django's ``get_user``: the session's user exists, is
+    active and the session hash still matches the password)."""
+    if bearer is not None:
+        scheme, _, raw = bearer.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            return SocketAuth(None, None, "the Authorization header must be 'Bearer <token>'")
+        try:
+            return SocketAuth(services.token_authenticate(raw=raw.strip()), None, None)
+        except Unauthorized as exc:
+            return SocketAuth(None, None, exc.detail)
+    if not session_key:
+        return SocketAuth(None, None, None)
+    session = SessionStore(session_key)
+    if not session.exists(session_key):
+        return SocketAuth(None, None, None)
+    user = get_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
+    return SocketAuth(user if user.is_authenticated else None, session_key, None)
+
+
+def session_key_from(scope: Scope) -> str | None:
+    cookie = _header(scope, b"cookie")
+    if cookie is None:
+        return None
+    jar = parse_cookie(cookie.decode("latin-1"))
+    return jar.get(settings.SESSION_COOKIE_NAME) or None
+
+
+class SocketRouter:
+    """Routes a socket by path and authenticates it: sets ``scope["url_route"]``,
+    ``scope["user"]`` (or None), ``scope["session_key"]`` and, for a bearer token that does not
+    authenticate, ``scope["auth_error"]`` (the socket closes with 4401). Tokens in the URL are never
+    read.
+
+    One database call per handshake and no copy of the scope: Channels' URLRouter, cookie, session
+    and auth middlewares take a copy each and keep a session object per socket, several KB for
+    every idle connection (docs/performance.md).
+    """
+
+    def __init__(self, routes: list[tuple[str, Any]], fallback: Any) -> None:
+        self.routes = [(re.compile(pattern), app) for pattern, app in routes]
+        self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
+        path = scope["path"].lstrip("/")
+        matches = ((pattern.match(path), app) for pattern, app in self.routes)
+        match, app = next(((m, a) for m, a in matches if m is not None), (None, self.fallback))
+        if match is None:
+            return await self.fallback(scope, receive, send)
         header = _header(scope, b"authorization")
-        if header is not None:
-            scope = dict(scope)
-            scheme, _, raw = header.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not raw.strip():
-                scope["auth_error"] = "the Authorization header must be 'Bearer <token>'"
-            else:
-                try:
-                    scope["user"] = await database_sync_to_async(services.token_authenticate)(
-                        raw=raw.strip()
-                    )
-                except Unauthorized as exc:
-                    scope["auth_error"] = exc.detail
-        return await self.app(scope, receive, send)
-
-
-def socket_stack(app: Any) -> Any:
-    return OriginCheckMiddleware(AuthMiddlewareStack(TokenAuthMiddleware(app)))
+        bearer = None if header is None else header.decode("latin-1")
+        session_key = None if bearer is not None else session_key_from(scope)
+        if bearer is None and session_key is None:
+            auth = SocketAuth(None, None, None)
+        else:
+            auth = await db.run(authenticate_socket)(bearer=bearer, session_key=session_key)
+        scope["url_route"] = {"args": (), "kwargs": match.groupdict()}
+        scope["user"], scope["session_key"] = auth.user, auth.session_key
+        if auth.error is not None:
+            scope["auth_error"] = auth.error
+        return await app(scope, receive, send)

@@ -1,7 +1,8 @@
 """A property-based test of the chat protocol (CONTRACT.md §4) against live servers.
 
 Hypothesis drives several clients (two users, two clients each) through random sequences of
-connect (with or without ``?after=0``) / post (with a ``client_id``) / re-send a ``client_id``
+connect (with or without ``?after=0``) / post (with a ``client_id``; or every connected client
+at the same moment) / re-send a ``client_id``
 (the same user's: nothing new is stored; another user's: a new message) / drop (the TCP
 connection aborted, no close frame) / reconnect with ``?after=<last id seen>`` / restart an
 instance (SIGTERM or SIGKILL, then start it again), against a two-instance cluster with a private
@@ -221,18 +222,21 @@ class ProtocolMachine(RuleBasedStateMachine):
         client.sessions.append(Session(sock, server.name, self.n if after is None else after))
 
     def send(self, client: Client, cid: str) -> dict[str, Any]:
+        return self.run(self.send_async(client, cid))
+
+    async def send_async(self, client: Client, cid: str) -> dict[str, Any]:
         """Post ``cid`` and return its acknowledgement (waiting out a rate limit)."""
         session = client.session
         assert session is not None
         for _ in range(5):
-            answer = self.run(session.socket.post_or_error(f"{client.name} says {cid}", cid))
+            answer = await session.socket.post_or_error(f"{client.name} says {cid}", cid)
             if answer["type"] == "message":
                 assert answer["client_id"] == cid and answer["room"] == self.room, answer
                 assert answer["user"] == client.user, answer
                 return answer
             assert answer["code"] == "rate_limited", answer
             self.world.counts["rate limited"] += 1
-            time.sleep(float(answer["retry_after"]))
+            await asyncio.sleep(float(answer["retry_after"]))
         raise AssertionError(f"{client.name}: still rate limited")
 
     # -- rules ---------------------------------------------------------------------------------
@@ -269,6 +273,31 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.n += 1
             self.acked[(client.user, cid)] = answer["id"]
             self.world.counts["posts"] += 1
+
+    @precondition(lambda self: len(self.connected()) >= 2)
+    @rule()
+    def post_together(self) -> None:
+        """Every connected client posts at the same moment (on whichever instance it is): the
+        acknowledgements take the next ids, each once."""
+        clients = self.connected()
+        cids = []
+        for client in clients:
+            cids.append(f"{client.name}-{client.n}")
+            client.n += 1
+
+        async def all_at_once() -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(
+                self.send_async(client, cid) for client, cid in zip(clients, cids, strict=True))))
+
+        answers = self.run(all_at_once())
+        ids = sorted(a["id"] for a in answers)
+        assert ids == list(range(self.n + 1, self.n + len(clients) + 1)), (
+            f"concurrent posts got ids {ids}, the room held {self.n}")
+        self.n += len(clients)
+        for client, cid, answer in zip(clients, cids, answers, strict=True):
+            self.acked[(client.user, cid)] = answer["id"]
+        self.world.counts["posts"] += len(clients)
+        self.world.counts["concurrent post rounds"] += 1
 
     @precondition(lambda self: bool(self.connected()) and bool(self.acked))
     @rule(data=st.data())

@@ -163,6 +163,7 @@ class HubbubServer:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"{name}-{self.port}.log"
+        self._log_start = 0
 
     @property
     def http(self) -> str:
@@ -182,6 +183,7 @@ class HubbubServer:
     def start(self, wait: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log_start = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hubbub.cli", "serve", "--port", str(self.port)],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
@@ -190,9 +192,19 @@ class HubbubServer:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
+        retries = 3
+
         def up() -> bool:
+            nonlocal retries
             assert self.proc is not None
             if self.proc.poll() is not None:
+                if retries and self._lost_port():
+                    # free_port() is check-then-use: on a busy machine another process may take
+                    # the port first. Start again on another one.
+                    retries -= 1
+                    self.port = free_port()
+                    self.start(wait=False)
+                    return False
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 return httpx.get(self.http + "/livez", timeout=1).status_code == 200
@@ -206,6 +218,12 @@ class HubbubServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+    def _lost_port(self) -> bool:
+        """The last start failed because the port was taken."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return b"address already in use" in log.read()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None:

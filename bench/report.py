@@ -142,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {num(e['direct']['cpu_median_s'], 3)} | {num(job_cpu, 2)} "
                 f"| {cpu_text} |")
         lines.append("")
+        through = [e for e in conv["files"].values() if "overhead" in e.get("throughput", {})]
+        if through:
+            lines += ["| file | jobs at once (1 worker) | all done after s | jobs/s | direct calls/s "
+                      "| overhead |", "|---|---:|---:|---:|---:|---:|"]
+            for e in through:
+                t = e["throughput"]
+                lines.append(f"| {e['file']} → {e['target']} | {t['batch']} | {num(t['wall_s'], 3)} "
+                             f"| {num(t['jobs_per_s'], 2)} | {num(t['direct_per_s'], 2)} "
+                             f"| {100 * t['overhead']:+.0f} % |")
+            lines.append("")
     summary = load(out, "summary")
     if summary.get("targets"):
         lines += ["| target | measured | met |", "|---|---:|---|"]

@@ -102,11 +102,15 @@ async def _sharded(servers: list[HubbubServer], shards: list[RedisNode]) -> None
             assert await sock.wait_ids(6) == [1, 2, 3, 4, 5, 6]
 
     # Each room's group is subscribed on its own shard only, once per process (not per socket),
-    # and every shard carried publishes.
+    # and every shard carried publishes. The hubs' control group (logouts, deleted users) lives
+    # on its own shard like any group.
+    control = "hubbub__group__hubbub.control"
     for index, node in enumerate(shards):
         r = node.client()
         channels = set(r.pubsub_channels("hubbub__group__*"))
         expected = {group_channel(room) for room in rooms if home[room] == index}
+        if _consistent_hash(control, 3) == index:
+            expected.add(control)
         assert channels == expected, f"shard {index}: {sorted(channels)} != {sorted(expected)}"
         counts = dict(r.pubsub_numsub(*expected))
         assert set(counts.values()) == {2}, counts

@@ -171,3 +171,22 @@ async def test_frames_behind_a_paused_transport_keep_their_order() -> None:
         await asyncio.sleep(0.01)
     sock.offer({"text": "d"})  # writable again: straight through
     assert transport.frames == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 1000, 65535, 65536, 200_000])
+def test_a_prebuilt_text_frame_is_what_a_websocket_parser_reads(size: int) -> None:
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    text = ("é" * size)[: max(0, size // 2)] + "x" * (size - size // 2)
+    reader = StreamReader()
+    reader.feed_data(sockets.text_frame(text))
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    else:
+        raise AssertionError("the frame was incomplete")
+    assert frame.opcode is Opcode.TEXT and frame.fin and frame.data.decode() == text

@@ -367,3 +367,26 @@ async def test_idle_socket_stays_open_for_70_seconds_on_the_redis_layer(cluster:
     await idle.close()
     await other.close()
 
+
+
+async def test_frames_of_every_size_reach_clients_intact(embedded: HubbubServer) -> None:
+    """Live frames are built once per event and written straight to uvicorn's transports: short
+    ones, ones with a 16-bit length (a long message in multi-byte text) and a history frame over
+    64 KiB (a 64-bit length) must all parse, in order, in a real client."""
+    reader = await Socket.open(embedded.ws, "frames", rich=True)
+    writer = await Socket.open(embedded.ws, "frames")
+    bodies = ["short", "é" * 1500 + "✓" * 500, "x" * 125, "y" * 126]
+    bodies += [f"{n} " + "ü" * 1990 for n in range(16)]  # 20 posts: within the burst of 24
+    for i, body in enumerate(bodies):
+        await writer.send({"message": body, "client_id": f"f{i}"})
+        await writer.wait_for(lambda f, i=i: f.get("client_id") == f"f{i}", what=f"ack {i}")
+    got = await reader.wait_for(lambda f: f.get("type") == "message" and f["id"] == len(bodies),
+                                what="the last live message")
+    assert got["message"] == bodies[-1]
+    live = [f["message"] for f in reader.received if f.get("type") == "message"]
+    assert live == bodies
+    await reader.send({"type": "history", "before": len(bodies) + 1, "limit": 200})
+    page = await reader.wait_for(lambda f: f.get("type") == "history", what="history")
+    assert [m["message"] for m in page["messages"]] == bodies  # one frame of ~70 KB
+    await reader.close()
+    await writer.close()

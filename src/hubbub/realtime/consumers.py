@@ -172,9 +172,13 @@ class ChatSocket(Socket):
             self.offer({"type": "hub.text", "text": posted.text})  # a repeat: the stored event again
             return
         metrics.MESSAGES_POSTED.labels("ws").inc()
-        # The acknowledgement is the MessageEvent itself, sent in id order like any other (the
-        # hub's copy of it, offered when it was published, is then a duplicate and dropped).
-        self.offer({"type": "hub.message", "id": posted.seq, "text": posted.text})
+        # The acknowledgement is the MessageEvent itself, sent in id order like any other. The hub
+        # offers it to every socket of the room, this one included, once the ids before it have
+        # been dispatched (another instance's message may still be on its way through Redis); sent
+        # from here only when it is next in line anyway, so that the sender does not read the gap
+        # from the database by itself (the hub's copy is then a duplicate and dropped).
+        if posted.seq == self.last_id + 1 or not get_hub().started:
+            self.offer({"type": "hub.message", "id": posted.seq, "text": posted.text})
 
     async def _history(self, frame: protocol.HistoryFrame) -> None:
         if not self.rich:
@@ -202,17 +206,17 @@ class ChatSocket(Socket):
             if seq != self.last_id + 1 or not self.accepted:
                 return False  # a gap to read first, or not accepted yet: in order, in the drain
             self.last_id = seq
-            self.send_now(event["text"])
+            self.send_event(event)
             return True
         if not self.accepted:
             return False
         if kind == "hub.text":
-            self.send_now(event["text"])
+            self.send_event(event)
             return True
         if kind == "hub.presence":
             if event["changed"] or not self.presence_seen:
                 self.presence_seen = True
-                self.send_now(event["text"])
+                self.send_event(event)
             return True
         if kind == "hub.sync":
             return bool(event["upto"] <= self.last_id)

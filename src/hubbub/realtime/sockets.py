@@ -14,6 +14,13 @@ delivery of a process through one thread. A Hubbub socket is a plain ASGI applic
 * The outbox is bounded: a client that does not read (its transport stays paused) is closed with
   1013 instead of growing memory.
 
+**One frame for every socket.** Server frames are not masked, so the bytes of a text frame are the
+same for every socket that receives it. When the server is uvicorn's ``websockets-sansio``
+implementation (what ``hubbub serve`` runs), a socket whose connection is open and writable gets the
+frame built once per event (cached on the event the hub hands to all of them) written straight to
+its transport: no per-socket encoding at all. Anything else (a paused transport, a closing
+connection, a negotiated extension, another server) takes the ASGI ``send`` path below.
+
 **Sending without a task.** uvicorn's ``send`` for a text frame only suspends while the transport
 is paused (``await self.writable.wait()``); otherwise it runs to completion synchronously. So
 :meth:`_send_now` steps the ``send`` coroutine once by hand (what Python 3.12's eager tasks do):
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -85,6 +93,7 @@ class Socket:
 
     __slots__ = (
         "_asgi_send",
+        "_direct",
         "_receive",
         "accepted",
         "actor_key",
@@ -101,6 +110,7 @@ class Socket:
         self.scope = scope
         self._receive = receive
         self._asgi_send = send
+        self._direct: Any = None  # the server's connection, when frames can be written to it
         self.accepted = False
         self.closing = False
         self.outbox: deque[dict[str, Any]] | None = None  # created when first needed
@@ -153,6 +163,7 @@ class Socket:
     async def accept(self, subprotocol: str | None = None) -> None:
         await self._asgi_send({"type": "websocket.accept", "subprotocol": subprotocol})
         self.accepted = True
+        self._direct = _direct_connection(self._asgi_send)
         if self.outbox and self.drainer is None and not self.closing:
             self.drainer = asyncio.ensure_future(self._drain())  # what was offered meanwhile
 
@@ -240,6 +251,23 @@ class Socket:
 
     # -- sending ------------------------------------------------------------------------------------
 
+    def send_event(self, event: dict[str, Any]) -> None:
+        """Send ``event["text"]`` now, from synchronous code, when nothing is queued before it:
+        the frame built once for every socket (``event["frame"]``), written to the transport, when
+        the connection allows it; else :meth:`send_now`."""
+        if self.closing:
+            return
+        conn = self._direct
+        if conn is not None and conn.writable.is_set() and not conn.close_sent:
+            transport = conn.transport
+            if not transport.is_closing():
+                frame = event.get("frame")
+                if frame is None:
+                    frame = event["frame"] = text_frame(event["text"])
+                transport.write(frame)
+                return
+        self.send_now(event["text"])
+
     def send_now(self, text: str) -> None:
         """Send ``text`` now, from synchronous code, when nothing is queued before it.
 
@@ -267,6 +295,34 @@ class Socket:
             await self._asgi_send({"type": "websocket.send", "text": text})
         except Exception:
             self.closing = True
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    data = text.encode()
+    size = len(data)
+    if size < 126:
+        return bytes((0x81, size)) + data
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + data
+    return struct.pack("!BBQ", 0x81, 127, size) + data
+
+
+_UVICORN_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
+
+
+def _direct_connection(send: Any) -> Any:
+    """uvicorn's websockets-sansio connection object behind ``send`` (a bound method of it), if
+    that is what serves this socket and no extension (compression) was negotiated; else None."""
+    conn = getattr(send, "__self__", None)
+    if conn is None or type(conn).__module__ != _UVICORN_SANSIO:
+        return None
+    protocol = getattr(conn, "conn", None)
+    if not all(hasattr(conn, name) for name in ("transport", "writable", "close_sent")) or (
+        protocol is None or getattr(protocol, "extensions", None)
+    ):
+        return None
+    return conn
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

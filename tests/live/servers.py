@@ -153,6 +153,15 @@ def _redact(url: str) -> str:
 # -- hubbub serve ---------------------------------------------------------------------------------
 
 
+def child_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A Hubbub process's environment: this one's, without its Hubbub settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HUBBUB_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env["HUBBUB_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
 class HubbubServer:
     """One ``hubbub serve`` process on a free port."""
 
@@ -174,11 +183,7 @@ class HubbubServer:
         return f"ws://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("HUBBUB_") and k not in ("DATABASE_URL", "REDIS_URL")}
-        env["HUBBUB_DATA_DIR"] = str(self.data_dir)
-        env.update(self.extra_env)
-        return env
+        return child_env(self.data_dir, self.extra_env)
 
     def start(self, wait: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -314,11 +319,7 @@ class WorkerProcess:
         self.log_path = data_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("HUBBUB_") and k not in ("DATABASE_URL", "REDIS_URL")}
-        env["HUBBUB_DATA_DIR"] = str(self.data_dir)
-        env.update(self.extra_env)
-        return env
+        return child_env(self.data_dir, self.extra_env)
 
     def start(self, wait: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

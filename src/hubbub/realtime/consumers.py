@@ -197,48 +197,43 @@ class ChatSocket(Socket):
 
     # -- events, in order ---------------------------------------------------------------------------
 
-    def handle_now(self, event: dict[str, Any]) -> bool:
+    def _gap_before(self, event: dict[str, Any]) -> bool:
+        """Stored messages this socket has not sent come before ``event``: read them first."""
+        if event["type"] == "hub.message":
+            return bool(event["id"] > self.last_id + 1)
+        return event["type"] == "hub.sync" and bool(event["upto"] > self.last_id)
+
+    def _due(self, event: dict[str, Any]) -> str | None:
+        """The text to send for ``event`` (no gap before it), or None: an id already sent (our
+        own acknowledgement, catch-up, or a fill), a presence list already shown, a sync."""
         kind = event["type"]
         if kind == "hub.message":
-            seq = event["id"]
-            if seq <= self.last_id:
-                return True  # already sent (our own acknowledgement, catch-up, or a fill)
-            if seq != self.last_id + 1 or not self.accepted:
-                return False  # a gap to read first, or not accepted yet: in order, in the drain
-            self.last_id = seq
-            self.send_event(event)
-            return True
-        if not self.accepted:
-            return False
+            if event["id"] <= self.last_id:
+                return None
+            self.last_id = event["id"]
+            return str(event["text"])
         if kind == "hub.text":
+            return str(event["text"])
+        if kind == "hub.presence" and (event["changed"] or not self.presence_seen):
+            self.presence_seen = True
+            return str(event["text"])
+        return None
+
+    def handle_now(self, event: dict[str, Any]) -> bool:
+        if not self.accepted or self._gap_before(event):
+            return False  # not accepted yet, or a gap to read first: in order, in the drain
+        if self._due(event) is not None:
             self.send_event(event)
-            return True
-        if kind == "hub.presence":
-            if event["changed"] or not self.presence_seen:
-                self.presence_seen = True
-                self.send_event(event)
-            return True
-        if kind == "hub.sync":
-            return bool(event["upto"] <= self.last_id)
         return True
 
     async def handle(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "hub.message":
-            seq = event["id"]
-            if seq <= self.last_id:
-                return
-            if seq > self.last_id + 1 and not await self._fill(seq - 1):
+        if self._gap_before(event):
+            upto = event["upto"] if event["type"] == "hub.sync" else event["id"] - 1
+            if not await self._fill(upto):
                 return  # the database is unreachable: the hub's watcher offers it again later
-            self.last_id = seq
-            await self.send_text(event["text"])
-        elif kind == "hub.sync":
-            await self._fill(event["upto"])
-        elif kind == "hub.text":
-            await self.send_text(event["text"])
-        elif kind == "hub.presence" and (event["changed"] or not self.presence_seen):
-            self.presence_seen = True
-            await self.send_text(event["text"])
+        text = self._due(event)
+        if text is not None:
+            await self.send_text(text)
 
     async def _fill(self, upto: int) -> bool:
         """Send every stored message after ``last_id`` up to ``upto``, in order, from the DB."""

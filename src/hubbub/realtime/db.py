@@ -76,12 +76,3 @@ def run(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 def background(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """``await background(f)(...)``: ``f`` in the housekeeping thread."""
     return SyncToAsync(_checked(func), thread_sensitive=False, executor=_pool("background"))
-
-
-def shutdown() -> None:
-    """Let the pools' threads go (tests and process exit); new calls make new pools."""
-    with _pools_lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for pool in pools:
-        pool.shutdown(wait=False)

@@ -181,9 +181,6 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await self.layer.group_discard(group_name(room), self.channel)
 
-    def sockets_of(self, actor_key: str) -> int:
-        return self.actors.get(actor_key, 0)
-
     def may_connect(self, actor_key: str) -> bool:
         """False when this actor already has the most sockets allowed on this process."""
         return self.actors.get(actor_key, 0) < settings.HUBBUB_MAX_SOCKETS_PER_USER

@@ -60,6 +60,11 @@ def origin_allowed(origin: bytes | None, allowed: list[str] | tuple[str, ...]) -
     return host_allowed(host, allowed)
 
 
+def foreign_origin(scope: Scope) -> bool:
+    """A handshake whose Origin host is not an allowed host (see :func:`origin_allowed`)."""
+    return not origin_allowed(_header(scope, b"origin"), settings.ALLOWED_HOSTS)
+
+
 class OriginCheckMiddleware:
     """Refuses, at the handshake (HTTP 403), sockets whose Origin host is not allowed.
 
@@ -71,9 +76,7 @@ class OriginCheckMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket" and not origin_allowed(
-            _header(scope, b"origin"), settings.ALLOWED_HOSTS
-        ):
+        if scope["type"] == "websocket" and foreign_origin(scope):
             return await WebsocketDenier()(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -140,7 +143,7 @@ class SocketRouter:
 
     async def open(self, scope: Scope, receive: Any, send: Any) -> Any:
         """The Socket for this connection, or None when it was refused at the handshake."""
-        if not origin_allowed(_header(scope, b"origin"), settings.ALLOWED_HOSTS):
+        if foreign_origin(scope):
             await WebsocketDenier()(scope, receive, send)
             return None
         match, cls = self._route(scope["path"].lstrip("/"))
@@ -159,8 +162,3 @@ class SocketRouter:
         if auth.error is not None:
             scope["auth_error"] = auth.error
         return cls(scope, receive, send)
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        socket = await self.open(scope, receive, send)
-        if socket is not None:
-            await socket.run()
